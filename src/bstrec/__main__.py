@@ -1,0 +1,4 @@
+from bstrec.cli import app
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,24 @@
+"""The ``bstrec`` command: one sub-command module per job, assembled here."""
+
+from __future__ import annotations
+
+import typer
+
+from bstrec.commands import data as data_cmd
+
+app = typer.Typer(
+    name="bstrec",
+    help="Behavior Sequence Transformer recommender for MovieLens.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(data_cmd.app, name="data")
+
+# Sub-commands that live in their own modules register themselves on `app`.
+for _module in ("train", "evaluate", "recommend", "quickstart", "serve", "bench"):
+    try:
+        __import__(f"bstrec.commands.{_module}", fromlist=["register"]).register(app)
+    except ModuleNotFoundError as e:  # a command module not written yet
+        if e.name != f"bstrec.commands.{_module}":
+            raise
