@@ -1,0 +1,40 @@
+"""`bstrec evaluate`: protocol R (ranking) or T (rating) metrics of a run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from bstrec.commands.common import emit_json, fail_cleanly
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(evaluate)
+
+
+def evaluate(
+    run_dir: Path = typer.Argument(..., help="Run folder written by `bstrec train`"),
+    split: str = typer.Option("val", "--split", help="val | test (read test once, at the end)"),
+    json_out: bool = typer.Option(False, "--json", help="Machine-readable output"),
+) -> None:
+    """Full-catalogue ranking metrics (protocol R) or rating errors (protocol T)."""
+    from bstrec.evaluate_run import evaluate_run
+
+    if split not in ("val", "test"):
+        typer.echo(f"error: --split must be val or test, not {split!r}", err=True)
+        raise typer.Exit(2)
+    with fail_cleanly((ValueError,)):
+        metrics = evaluate_run(run_dir, split)
+    if json_out:
+        emit_json(metrics)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{metrics['model']} on {metrics['data']} ({split}, "
+                        f"protocol {metrics['protocol']})")
+    for k in metrics:
+        table.add_column(k)
+    table.add_row(*[f"{v:.4f}" if isinstance(v, float) else str(v) for v in metrics.values()])
+    Console().print(table)

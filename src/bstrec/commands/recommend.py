@@ -1,0 +1,65 @@
+"""`bstrec recommend`: top-k unseen movies for a user or a list of watched movies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from bstrec.commands.common import emit_json, fail_cleanly
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(recommend)
+
+
+def recommend(
+    run_dir: Path = typer.Argument(..., help="Run folder written by `bstrec train`"),
+    user: str = typer.Option(None, "--user", help="Raw user id from the data set"),
+    history: str = typer.Option(None, "--history",
+                                help="Raw movie ids, comma-separated, newest last"),
+    k: int = typer.Option(10, "-k", "--k", min=1, max=1000, help="How many movies"),
+    json_out: bool = typer.Option(False, "--json", help="Machine-readable output"),
+) -> None:
+    """Recommend unseen movies, each with the watched movies that drove it."""
+    from bstrec.recommend import Recommender
+    from bstrec.run_dir import load_run
+
+    if (user is None) == (history is None):
+        typer.echo("error: give exactly one of --user or --history", err=True)
+        raise typer.Exit(2)
+    with fail_cleanly((ValueError,)):
+        rec = Recommender(load_run(run_dir))
+        if user is not None:
+            out = rec.for_user(user, k)
+        else:
+            ids = [h.strip() for h in history.split(",") if h.strip()]
+            out = rec.for_history(ids, k)
+    if json_out:
+        emit_json(out.to_dict())
+        return
+    print_recommendations(out)
+
+
+def print_recommendations(out) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    who = f"user {out.user_id}" if out.user_id is not None else "this history"
+    recent = Table(title=f"Recently watched by {who} (newest first)")
+    for col in ("movie", "title", "genres", "rating"):
+        recent.add_column(col)
+    for w in out.history:
+        recent.add_row(str(w.movie_id), w.title, ", ".join(w.genres),
+                       "" if w.rating is None else f"{w.rating:g}")
+    console.print(recent)
+    label = "predicted stars" if out.task == "rating" else "score"
+    picks = Table(title=f"Recommended for {who}")
+    for col in ("#", "movie", "title", "genres", label, "because you watched"):
+        picks.add_column(col)
+    for i, p in enumerate(out.picks, 1):
+        because = "; ".join(b.title for b in p.because)
+        picks.add_row(str(i), str(p.movie_id), p.title, ", ".join(p.genres),
+                      f"{p.score:.3f}", because)
+    console.print(picks)

@@ -1,0 +1,101 @@
+"""Protocol R (full-catalogue next-movie ranking) and T (next-rating) metrics.
+
+Both call only the model contract (``score_all`` / ``score``), so BST and every
+baseline are measured by the same code.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+
+from bstrec.data.batches import SequenceStore
+from bstrec.data.splits import ranges
+from bstrec.models.base import Recommender
+
+
+def target_ranks(scores: torch.Tensor, target_idx: torch.Tensor, seen_b: torch.Tensor,
+                 seen_i: torch.Tensor) -> torch.Tensor:
+    """0-based rank of each target among unseen items, ties counted above the target.
+
+    scores (B, n_items); target_idx (B,) item index; (seen_b, seen_i) pairs of
+    (row in batch, item index) to exclude: the movies of each user's input history.
+    """
+    scores = scores.clone()
+    target_score = scores.gather(1, target_idx[:, None])  # (B, 1)
+    scores[seen_b, seen_i] = float("-inf")
+    # a seen item may be the target itself (re-watch): the target still competes
+    scores.scatter_(1, target_idx[:, None], float("-inf"))
+    above = (scores >= target_score).sum(1)  # ties count above
+    return above
+
+
+def ranking_metrics(ranks: np.ndarray) -> dict[str, float]:
+    ranks = np.asarray(ranks, dtype=np.float64)
+    n = len(ranks)
+    if n == 0:
+        return {"users": 0}
+    return {
+        "HR@1": float((ranks < 1).mean()),
+        "HR@10": float((ranks < 10).mean()),
+        "HR@20": float((ranks < 20).mean()),
+        "NDCG@10": float(np.where(ranks < 10, 1.0 / np.log2(ranks + 2), 0.0).mean()),
+        "MRR": float((1.0 / (ranks + 1)).mean()),
+        "users": n,
+    }
+
+
+@torch.no_grad()
+def evaluate_ranking(model: Recommender, store: SequenceStore, target_rows: np.ndarray,
+                     max_len: int, batch_size: int = 256, device="cpu") -> dict:
+    """Protocol R over the given target rows (one per user)."""
+    model.eval()
+    t0 = time.perf_counter()
+    rows = torch.as_tensor(target_rows, dtype=torch.long)
+    all_ranks = []
+    for s in range(0, len(rows), batch_size):
+        r = rows[s : s + batch_size]
+        batch = store.batch_for_targets(r, max_len)
+        scores = model.score_all(batch.to(device)).float().cpu()  # (B, n_items)
+        # the whole input history (every earlier row, not just the last L) is excluded
+        start = store.offsets[store.row_user[r]]
+        lengths = (r - start).numpy()
+        seen_rows = torch.from_numpy(ranges(start.numpy(), lengths))
+        seen_b = torch.from_numpy(np.repeat(np.arange(len(r)), lengths))
+        seen_i = store.item_tok[seen_rows] - 1
+        all_ranks.append(target_ranks(scores, batch.target - 1, seen_b, seen_i))
+    ranks = torch.cat(all_ranks).numpy() if all_ranks else np.zeros(0)
+    out = {"protocol": "R", **ranking_metrics(ranks)}
+    out["eval_seconds"] = time.perf_counter() - t0
+    return out
+
+
+@torch.no_grad()
+def evaluate_rating(model: Recommender, store: SequenceStore, target_rows: np.ndarray,
+                    max_len: int, batch_size: int = 2048, device="cpu",
+                    hist_limit: np.ndarray | None = None, protocol: str = "T") -> dict:
+    """Protocol T (or S with ``hist_limit``): RMSE and MAE in stars."""
+    model.eval()
+    t0 = time.perf_counter()
+    rows = torch.as_tensor(target_rows, dtype=torch.long)
+    limit = None if hist_limit is None else torch.as_tensor(hist_limit, dtype=torch.long)
+    preds, labels = [], []
+    for s in range(0, len(rows), batch_size):
+        lim = None if limit is None else limit[s : s + batch_size]
+        batch = store.batch_for_targets(rows[s : s + batch_size], max_len, hist_limit=lim)
+        p = model.score(batch.to(device), batch.target[:, None].to(device))[:, 0]
+        preds.append(p.float().cpu().clamp(1, 5))
+        labels.append(batch.label)
+    pred = torch.cat(preds).numpy() if preds else np.zeros(0)
+    label = torch.cat(labels).numpy() if labels else np.zeros(0)
+    err = pred - label
+    return {
+        "protocol": protocol,
+        "RMSE": float(math.sqrt(np.mean(err**2))) if len(err) else float("nan"),
+        "MAE": float(np.mean(np.abs(err))) if len(err) else float("nan"),
+        "users" if protocol != "S" else "cases": int(len(err)),
+        "eval_seconds": time.perf_counter() - t0,
+    }

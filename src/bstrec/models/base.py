@@ -1,0 +1,43 @@
+"""The contract every model and baseline follows (after RecBole's, smaller).
+
+Evaluation, recommendation and serving call only ``score`` and ``score_all``, so BST
+and the baselines are measured by the same code. Scores are "higher is better" for
+ranking models and predicted stars for rating models; column ``j`` of ``score_all``
+is item index ``j`` (item token ``j + 1``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from bstrec.data.batches import Batch
+
+
+class Recommender(nn.Module):
+    task: str = "ranking"  # ranking | rating
+    n_items: int
+
+    def loss(self, batch: Batch, negatives: torch.Tensor | None = None) -> torch.Tensor:
+        """Training loss of a batch; ``negatives`` (N,) item tokens for ranking."""
+        raise NotImplementedError(f"{type(self).__name__} is not trained by gradient")
+
+    def score(self, batch: Batch, candidates: torch.Tensor) -> torch.Tensor:
+        """Scores of given candidates: ``candidates`` (B, C) or (C,) item tokens -> (B, C)."""
+        raise NotImplementedError
+
+    def score_all(self, batch: Batch) -> torch.Tensor:
+        """Scores of the whole catalogue: (B, n_items)."""
+        tokens = torch.arange(1, self.n_items + 1, device=batch.user.device)
+        return self.score(batch, tokens)
+
+    def explain(self, batch: Batch, candidates: torch.Tensor) -> torch.Tensor | None:
+        """How much each history position weighed in each candidate's score: (B, C, L).
+
+        None for models without a notion of it.
+        """
+        return None
+
+    @property
+    def trainable(self) -> bool:
+        return any(p.requires_grad for p in self.parameters())

@@ -1,0 +1,342 @@
+"""The Behavior Sequence Transformer (Chen et al., 2019).
+
+The candidate movie joins the user's history as the last token of one sequence;
+self-attention runs over that sequence, *per example*: every attention tensor here is
+(B, H, L, ...) with the batch as its own axis, and padded history positions are masked
+out of the keys. (The reference notebook ran ``nn.MultiheadAttention`` with
+``batch_first=False`` on (B, L, D) tensors, so its attention mixed the users of a
+batch; tests/models/test_bst.py proves ours does not.)
+
+Token embedding = movie id + genres (a learned embedding of the multi-hot set) + release
+year bucket + the paper's position feature (log-bucketed time gap between the
+recommendation time and the watch) + the user's rating of that watch.
+
+Two ways to read the output (``ModelConfig.output``):
+- ``target``: the transformer output at the candidate's position. History tokens never
+  see the candidate (with one block this changes nothing, since their outputs are not
+  read), so the history keys and values are computed once per user and only the
+  candidate's row of attention, the feed-forward and the MLP run per candidate. That is
+  what makes full-catalogue scoring cheap; ``score_plain`` is the literal computation
+  and a test checks both agree.
+- ``concat``: the paper's reading: all L+1 outputs concatenated. Every candidate costs a
+  full pass over the sequence.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bstrec.config import ModelConfig
+from bstrec.data.batches import GAP_BUCKETS, Batch
+from bstrec.models.base import Recommender
+
+YEAR_BUCKETS = 24  # 0 unknown, 1 = before 1920, then 5-year buckets up to 2030+
+
+
+def year_bucket(year: torch.Tensor) -> torch.Tensor:
+    b = torch.clamp((year - 1920) // 5 + 2, 1, YEAR_BUCKETS - 1)
+    return torch.where(year > 0, b, 0)
+
+
+@dataclass
+class CatalogFeatures:
+    """What the model needs to know about the catalogue and the users (saved with it)."""
+
+    n_items: int
+    n_users: int
+    item_genres: torch.Tensor  # (n_items, G) float multi-hot
+    item_year: torch.Tensor  # (n_items,) int
+    user_vocab_sizes: list[int]  # per user feature, including the 0 = unknown code
+
+
+class Block(nn.Module):
+    """Post-LN transformer block as in the paper: LN(S + MH(S)), LN(S' + FFN(S'))."""
+
+    def __init__(self, dim: int, heads: int, ffn_mult: int, dropout: float):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"model.dim {dim} must be divisible by model.heads {heads}")
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.ln1 = nn.LayerNorm(dim)
+        self.ffn = nn.Sequential(
+            nn.Linear(dim, ffn_mult * dim), nn.LeakyReLU(), nn.Linear(ffn_mult * dim, dim)
+        )
+        self.ln2 = nn.LayerNorm(dim)
+        self.drop = nn.Dropout(dropout)
+
+    def split(self, x: torch.Tensor) -> torch.Tensor:
+        # (..., T, D) -> (..., H, T, dh)
+        *lead, t, d = x.shape
+        return x.view(*lead, t, self.heads, d // self.heads).transpose(-3, -2)
+
+    def merge(self, x: torch.Tensor) -> torch.Tensor:
+        # (..., H, T, dh) -> (..., T, D)
+        *lead, h, t, dh = x.shape
+        return x.transpose(-3, -2).reshape(*lead, t, h * dh)
+
+    def finish(self, x: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
+        x = self.ln1(x + self.drop(self.proj(attn_out)))
+        return self.ln2(x + self.drop(self.ffn(x)))
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Plain self-attention over each example's sequence.
+
+        x (B, T, D); key_mask (B, T) or (B, T, T) True = may attend. Returns the new
+        states (B, T, D) and the attention weights (B, H, T, T).
+        """
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        q, k, v = self.split(q), self.split(k), self.split(v)  # (B, H, T, dh)
+        att = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])  # (B, H, T, T)
+        mask = key_mask[:, None, None, :] if key_mask.dim() == 2 else key_mask[:, None]
+        att = att.masked_fill(~mask, float("-inf")).softmax(-1)
+        out = self.merge(att @ v)  # (B, T, D)
+        return self.finish(x, out), att
+
+
+class BST(Recommender):
+    def __init__(self, cfg: ModelConfig, cat: CatalogFeatures, max_len: int):
+        super().__init__()
+        if cfg.output not in ("target", "concat"):
+            raise ValueError(f"model.output must be target or concat, not {cfg.output!r}")
+        if cfg.task not in ("ranking", "rating"):
+            raise ValueError(f"model.task must be ranking or rating, not {cfg.task!r}")
+        self.cfg = cfg
+        self.task = cfg.task
+        self.n_items = cat.n_items
+        self.max_len = max_len
+        d = cfg.dim
+        self.item_emb = nn.Embedding(cat.n_items + 1, d, padding_idx=0)
+        self.gap_emb = nn.Embedding(GAP_BUCKETS, d)
+        self.rating_emb = nn.Embedding(11, d) if cfg.use_ratings else None
+        n_genres = cat.item_genres.shape[1]
+        self.genre_proj = (
+            nn.Linear(n_genres, d, bias=False) if cfg.use_genres and n_genres else None
+        )
+        self.year_emb = nn.Embedding(YEAR_BUCKETS, d) if cfg.use_year else None
+        # Catalogue features live in buffers so a checkpoint scores without the data set.
+        genres = torch.cat([torch.zeros(1, n_genres), cat.item_genres.float()])
+        genres = genres / genres.sum(-1, keepdim=True).clamp(min=1)  # mean of genre vectors
+        self.register_buffer("item_genres", genres)
+        self.register_buffer(
+            "item_year", torch.cat([torch.zeros(1, dtype=torch.long), cat.item_year.long()])
+        )
+        self.emb_norm = nn.LayerNorm(d)
+        self.emb_drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(
+            Block(d, cfg.heads, cfg.ffn_mult, cfg.block_dropout) for _ in range(cfg.blocks)
+        )
+        # "Other features": user profile embeddings, concatenated before the MLP.
+        du = 16
+        self.user_feat_emb = nn.ModuleList(
+            nn.Embedding(n, du) for n in (cat.user_vocab_sizes if cfg.use_user_features else [])
+        )
+        self.user_id_emb = nn.Embedding(cat.n_users + 1, du) if cfg.use_user_id else None
+        n_user = du * (len(self.user_feat_emb) + (1 if cfg.use_user_id else 0))
+        seq_out = d * (max_len + 1) if cfg.output == "concat" else d
+        pair_in = seq_out + ((d + cfg.heads) if cfg.interaction_features else 0)
+        widths = [*cfg.mlp]
+        # The first MLP layer is split by input so the per-user part is computed once.
+        self.mlp_pair = nn.Linear(pair_in, widths[0])
+        self.mlp_user = nn.Linear(n_user, widths[0], bias=False) if n_user else None
+        layers: list[nn.Module] = [nn.LeakyReLU(), nn.Dropout(cfg.block_dropout)]
+        for a, b in zip(widths[:-1], widths[1:], strict=True):
+            layers += [nn.Linear(a, b), nn.LeakyReLU(), nn.Dropout(cfg.block_dropout)]
+        layers.append(nn.Linear(widths[-1], 1))
+        self.mlp_rest = nn.Sequential(*layers)
+        self.rating_offset = 3.5  # start rating predictions near the mean star
+
+    # ------------------------------------------------------------------ embeddings
+    def item_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Candidate-independent part of an item's token: id + genres + year. (..., D)"""
+        x = self.item_emb(tokens)
+        if self.genre_proj is not None:
+            x = x + self.genre_proj(self.item_genres[tokens])
+        if self.year_emb is not None:
+            x = x + self.year_emb(year_bucket(self.item_year[tokens]))
+        return x
+
+    def history_tokens(self, batch: Batch) -> torch.Tensor:
+        x = self.item_tokens(batch.hist_item) + self.gap_emb(batch.hist_gap)  # (B, L, D)
+        if self.rating_emb is not None:
+            x = x + self.rating_emb(batch.hist_rating)
+        return self.emb_drop(self.emb_norm(x))
+
+    def target_tokens(self, candidates: torch.Tensor) -> torch.Tensor:
+        # The candidate is watched "now": gap bucket 1 (0 seconds), no rating.
+        gap = self.gap_emb.weight[1]
+        return self.emb_drop(self.emb_norm(self.item_tokens(candidates) + gap))
+
+    def user_vector(self, batch: Batch) -> torch.Tensor | None:
+        parts = [emb(batch.user_feats[:, i]) for i, emb in enumerate(self.user_feat_emb)]
+        if self.user_id_emb is not None:
+            parts.append(self.user_id_emb(batch.user))
+        return torch.cat(parts, -1) if parts else None  # (B, U)
+
+    def head(self, seq_out, inter, user_part) -> torch.Tensor:
+        """MLP over [sequence output, interaction features] + the per-user part."""
+        x = seq_out if inter is None else torch.cat([seq_out, inter], -1)
+        h = self.mlp_pair(x)  # (B, C, H1)
+        if user_part is not None:
+            h = h + user_part[:, None, :]
+        out = self.mlp_rest(h).squeeze(-1)  # (B, C)
+        return out + self.rating_offset if self.task == "rating" else out
+
+    # ------------------------------------------------------------------ scoring
+    def score(self, batch: Batch, candidates: torch.Tensor) -> torch.Tensor:
+        scores, _ = self._score(batch, candidates, want_attention=False)
+        return scores
+
+    def explain(self, batch: Batch, candidates: torch.Tensor) -> torch.Tensor:
+        _, att = self._score(batch, candidates, want_attention=True)
+        return att
+
+    def _score(self, batch: Batch, candidates: torch.Tensor, want_attention: bool):
+        if self.cfg.output == "concat":
+            return self.score_plain(batch, candidates, want_attention)
+        return self.score_cached(batch, candidates, want_attention)
+
+    def _user_part(self, batch: Batch):
+        u = self.user_vector(batch)
+        return self.mlp_user(u) if self.mlp_user is not None else None  # (B, H1)
+
+    def score_cached(self, batch: Batch, candidates: torch.Tensor, want_attention=False):
+        """Target-position output with history keys/values computed once per user.
+
+        candidates: (C,) shared by all users, or (B, C) per user.
+        """
+        b = batch.hist_item.shape[0]
+        h = self.history_tokens(batch)  # (B, L, D)
+        mask = batch.hist_mask  # (B, L)
+        t0 = self.target_tokens(candidates)  # (C, D) or (B, C, D)
+        t = t0[None] if candidates.dim() == 1 else t0  # (1|B, C, D)
+        # History tokens attend only to history, so every block's history states are
+        # candidate-independent. Rows of all-padding histories would softmax to NaN:
+        # let a padded query attend to itself (its output is never read).
+        eye = torch.eye(h.shape[1], dtype=torch.bool, device=h.device)
+        hist_mask = mask[:, None, :] | (~mask[:, :, None] & eye)  # (B, L, L)
+        att_first = None
+        for i, blk in enumerate(self.blocks):
+            _, k_h, v_h = (blk.split(z) for z in blk.qkv(h).chunk(3, -1))  # (B, H, L, dh)
+            q_t, k_t, v_t = (blk.split(z) for z in blk.qkv(t).chunk(3, -1))  # (1|B, H, C, dh)
+            scale = 1.0 / math.sqrt(q_t.shape[-1])
+            s_h = (q_t @ k_h.transpose(-1, -2)) * scale  # (B, H, C, L)
+            s_h = s_h.masked_fill(~mask[:, None, None, :], float("-inf"))
+            s_t = (q_t * k_t).sum(-1, keepdim=True) * scale  # (1|B, H, C, 1)
+            s_t = s_t.expand(b, -1, -1, -1)
+            logits = torch.cat([s_h, s_t], -1)  # (B, H, C, L + 1)
+            att = logits.softmax(-1)
+            if i == 0 and want_attention:
+                att_first = att[..., :-1].mean(1)  # (B, C, L)
+            out = att[..., :-1] @ v_h + att[..., -1:] * v_t  # (B, H, C, dh)
+            attn_out = blk.merge(out)  # (B, C, D)
+            t = blk.finish(t.expand(b, -1, -1), attn_out)
+            if i + 1 < len(self.blocks):
+                h, _ = blk(h, hist_mask)
+        # (B, C, D): how the candidate matches what it attended to, as an explicit
+        # product, since an MLP learns dot products poorly
+        inter = None
+        if self.cfg.interaction_features:
+            inter = torch.cat([attn_out * t0, self._affinity(logits)], -1)
+        scores = self.head(t, inter, self._user_part(batch))
+        return scores, att_first
+
+    def score_plain(self, batch: Batch, candidates: torch.Tensor, want_attention=False):
+        """The literal computation: one (L + 1)-token sequence per (user, candidate)."""
+        b, seq_len = batch.hist_item.shape
+        if candidates.dim() == 1:
+            candidates = candidates[None].expand(b, -1)
+        c = candidates.shape[1]
+        h = self.history_tokens(batch)  # (B, L, D)
+        t0 = self.target_tokens(candidates)  # (B, C, D)
+        x = torch.cat([h[:, None].expand(-1, c, -1, -1), t0[:, :, None]], 2)  # (B, C, L+1, D)
+        x = x.reshape(b * c, seq_len + 1, -1)  # one sequence per (user, candidate)
+        real = torch.cat([batch.hist_mask, torch.ones(b, 1, dtype=torch.bool)], 1)  # (B, L+1)
+        real = real.repeat_interleave(c, 0)  # (B*C, L+1)
+        n = seq_len + 1
+        if self.cfg.output == "target":
+            # history rows may not see the candidate (see score_cached); the target sees all
+            allow = real[:, None, :].expand(-1, n, -1).clone()  # (B*C, L+1, L+1)
+            allow[:, :-1, -1] = False
+        else:
+            allow = real[:, None, :].expand(-1, n, -1).clone()
+        eye = torch.eye(n, dtype=torch.bool)
+        allow = allow | (~real[:, :, None] & eye)  # padded queries attend to themselves
+        att_first = None
+        attn_in = x
+        for i, blk in enumerate(self.blocks):
+            attn_in = x
+            x, att = blk(x, allow)
+            if i == 0 and want_attention:
+                att_first = att[:, :, -1, :-1].mean(1).view(b, c, seq_len)
+        if self.cfg.output == "concat":
+            seq_out = x.reshape(b, c, -1)  # (B, C, (L+1) D)
+            inter = None
+            if self.cfg.interaction_features:
+                blk = self.blocks[-1]
+                out, logits = self._target_attention(blk, attn_in, allow)
+                aff = self._affinity(logits.view(b, c, -1, n).permute(0, 2, 1, 3))
+                inter = torch.cat([out.view(b, c, -1) * t0, aff], -1)
+        else:
+            seq_out = x[:, -1].view(b, c, -1)  # (B, C, D)
+            inter = None
+            if self.cfg.interaction_features:
+                # the attention output at the target position, before residual and norms
+                blk = self.blocks[-1]
+                out, logits = self._target_attention(blk, attn_in, allow)
+                aff = self._affinity(logits.view(b, c, -1, n).permute(0, 2, 1, 3))
+                inter = torch.cat([out.view(b, c, -1) * t0, aff], -1)
+        return self.head(seq_out, inter, self._user_part(batch)), att_first
+
+    @staticmethod
+    def _affinity(logits: torch.Tensor) -> torch.Tensor:
+        """Per head, how strongly the candidate's query matches the history keys.
+
+        logits (B, H, C, L + 1), history first, the candidate itself last. Softmax
+        normalises this strength away from the attention output; a log-sum-exp over the
+        history hands it to the MLP directly (a soft "most similar watch" score).
+        """
+        hist = logits[..., :-1]
+        lse = torch.logsumexp(hist, -1).nan_to_num(0.0, neginf=0.0)  # (B, H, C)
+        return lse.permute(0, 2, 1)  # (B, C, H)
+
+    @staticmethod
+    def _target_attention(blk: Block, x: torch.Tensor, allow: torch.Tensor):
+        q, k, v = blk.qkv(x).chunk(3, dim=-1)
+        q, k, v = blk.split(q), blk.split(k), blk.split(v)
+        logits = (q[:, :, -1:] @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])  # (N, H, 1, T)
+        logits = logits.masked_fill(~allow[:, None, -1:, :], float("-inf"))
+        att = logits.softmax(-1)
+        return blk.merge(att @ v)[:, -1], logits  # (N, D), (N, H, 1, T)
+
+    # ------------------------------------------------------------------ training
+    def loss(self, batch: Batch, negatives: torch.Tensor | None = None,
+             loss: str = "sampled-softmax", neg_logq: torch.Tensor | None = None) -> torch.Tensor:
+        if self.task == "rating":
+            pred = self.score(batch, batch.target[:, None]).squeeze(1)  # (B,)
+            return F.mse_loss(pred, batch.label)
+        if negatives is None:
+            raise ValueError("ranking loss needs negatives")
+        if loss == "sampled-softmax":
+            # candidates: each row's positive, then negatives shared by the batch
+            pos = self.score(batch, batch.target[:, None])  # (B, 1)
+            neg = self.score(batch, negatives)  # (B, N)
+            if neg_logq is not None:  # popularity sampler: logQ correction
+                neg = neg - neg_logq[None, :]
+            neg = neg.masked_fill(negatives[None, :] == batch.target[:, None], float("-inf"))
+            logits = torch.cat([pos, neg], 1)
+            return F.cross_entropy(logits, torch.zeros(len(batch), dtype=torch.long))
+        if loss == "bce":
+            # negatives (B, N) per positive, the paper's click-through loss
+            cand = torch.cat([batch.target[:, None], negatives], 1)  # (B, 1 + N)
+            logits = self.score(batch, cand)
+            labels = torch.zeros_like(logits)
+            labels[:, 0] = 1
+            return F.binary_cross_entropy_with_logits(logits, labels)
+        raise ValueError(f"unknown ranking loss {loss!r} (sampled-softmax | bce)")

@@ -1,0 +1,192 @@
+"""Top-k unseen movies for a known user or for any list of watched movies, explained.
+
+Recommendation time: for a known user, "now" is the moment of their last watch (the
+model learnt time gaps from data that ends years ago; real wall-clock time would put
+every watch in the "years ago" bucket). A typed history without times is read as
+watched one after another, a minute apart, the last one just now.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+
+import numpy as np
+import torch
+
+from bstrec.data.batches import Batch, SequenceStore, history_batch
+from bstrec.data.interactions import DataError
+from bstrec.run_dir import LoadedRun
+
+SPACING_SECONDS = 60
+
+
+class UnknownIdError(DataError):
+    """A raw user or movie id that the run does not know."""
+
+    def __init__(self, kind: str, ids: list):
+        self.kind, self.ids = kind, ids
+        shown = ", ".join(str(i) for i in ids[:10])
+        super().__init__(f"unknown {kind} id{'s' if len(ids) > 1 else ''}: {shown}")
+
+
+@dataclass
+class MovieInfo:
+    movie_id: int | str
+    title: str
+    year: int | None
+    genres: list[str]
+
+
+@dataclass
+class Because(MovieInfo):
+    weight: float = 0.0
+
+
+@dataclass
+class Pick(MovieInfo):
+    score: float = 0.0
+    because: list[Because] = field(default_factory=list)
+
+
+@dataclass
+class Watched(MovieInfo):
+    rating: float | None = None
+    time: str | None = None
+
+
+@dataclass
+class Recommendations:
+    user_id: int | str | None
+    picks: list[Pick]
+    history: list[Watched]
+    task: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Recommender:
+    """Loaded once, answers many requests. Inference is serialized by the caller
+    (torch modules are not guaranteed thread-safe across concurrent forward passes)."""
+
+    def __init__(self, run: LoadedRun, explain_top: int = 3):
+        self.run = run
+        self.model = run.model.eval()
+        ds = run.dataset
+        self.ds = ds
+        self.max_len = run.config.data.max_len
+        self.store = SequenceStore(ds, run.user_feature_names)
+        self.user_pos = {str(u): i for i, u in enumerate(ds.user_ids.tolist())}
+        self.item_pos = {str(m): i for i, m in enumerate(ds.item_ids.tolist())}
+        self.explain_top = explain_top
+        self.all_items = torch.arange(1, ds.n_items + 1)
+
+    # ---------------------------------------------------------------- lookups
+    def movie(self, idx: int) -> MovieInfo:
+        ds = self.ds
+        year = int(ds.item_year[idx])
+        return MovieInfo(
+            movie_id=_raw(ds.item_ids[idx]),
+            title=str(ds.item_titles[idx]),
+            year=year or None,
+            genres=[g for g, on in zip(ds.genre_names, ds.item_genres[idx], strict=True) if on],
+        )
+
+    def user_index(self, raw_user) -> int:
+        idx = self.user_pos.get(str(raw_user))
+        if idx is None:
+            raise UnknownIdError("user", [raw_user])
+        return idx
+
+    def item_indexes(self, raw_items: list) -> list[int]:
+        missing = [m for m in raw_items if str(m) not in self.item_pos]
+        if missing:
+            raise UnknownIdError("movie", missing)
+        return [self.item_pos[str(m)] for m in raw_items]
+
+    def user_feature_codes(self, features: dict[str, str] | None) -> list[int]:
+        """Codes for optional demographics of a new person; unknown values -> error."""
+        codes = []
+        features = dict(features or {})
+        for name in self.run.user_feature_names:
+            value = features.pop(name, None)
+            vocab = self.ds.user_vocab[name]
+            if value is None:
+                codes.append(0)
+            elif str(value) in vocab:
+                codes.append(vocab.index(str(value)))
+            else:
+                raise DataError(f"user.{name}: unknown value {value!r}; one of {vocab[1:]}")
+        if features:
+            raise DataError(f"user: unknown feature(s) {sorted(features)}; "
+                            f"known: {self.run.user_feature_names}")
+        return codes
+
+    # ---------------------------------------------------------------- recommend
+    @torch.no_grad()
+    def for_user(self, raw_user, k: int = 10, history_shown: int = 10) -> Recommendations:
+        u = self.user_index(raw_user)
+        batch = self.store.batch_for_users(torch.tensor([u]), self.max_len)
+        lo, hi = int(self.ds.user_offsets[u]), int(self.ds.user_offsets[u + 1])
+        seen = self.ds.item[lo:hi]
+        picks = self._top_k(batch, seen, k)
+        hist = [
+            Watched(**asdict(self.movie(int(self.ds.item[r]))),
+                    rating=_rating(self.ds.rating[r]), time=_iso(self.ds.timestamp[r]))
+            for r in range(hi - 1, max(lo, hi - history_shown) - 1, -1)
+        ]
+        return Recommendations(_raw(self.ds.user_ids[u]), picks, hist, self.model.task)
+
+    @torch.no_grad()
+    def for_history(self, raw_items: list, k: int = 10,
+                    user_features: dict[str, str] | None = None) -> Recommendations:
+        if not raw_items:
+            raise DataError("history: give at least one movie id")
+        idx = self.item_indexes(raw_items)
+        n = len(idx)
+        now = int(self.ds.timestamp.max()) if len(self.ds.timestamp) else 0
+        times = [now - SPACING_SECONDS * (n - 1 - i) for i in range(n)]
+        batch = history_batch([i + 1 for i in idx], self.max_len,
+                              len(self.run.user_feature_names),
+                              user_feats=self.user_feature_codes(user_features),
+                              times=times, now=now)
+        picks = self._top_k(batch, np.asarray(idx), k)
+        hist = [Watched(**asdict(self.movie(i))) for i in reversed(idx)]
+        return Recommendations(None, picks, hist, self.model.task)
+
+    def _top_k(self, batch: Batch, seen: np.ndarray, k: int) -> list[Pick]:
+        scores = self.model.score_all(batch)[0].clone()  # (n_items,)
+        scores[torch.as_tensor(seen, dtype=torch.long)] = float("-inf")
+        k = min(k, int(torch.isfinite(scores).sum()))
+        top = torch.topk(scores, k)
+        tokens = top.indices + 1
+        weights = self.model.explain(batch, tokens)  # (1, k, L) or None
+        picks = []
+        for j, (idx, s) in enumerate(zip(top.indices.tolist(), top.values.tolist(),
+                                         strict=True)):
+            because = []
+            if weights is not None:
+                w = weights[0, j]
+                order = torch.argsort(w, descending=True)[: self.explain_top]
+                for pos in order.tolist():
+                    tok = int(batch.hist_item[0, pos])
+                    if tok > 0 and w[pos] > 0:
+                        because.append(Because(**asdict(self.movie(tok - 1)),
+                                               weight=round(float(w[pos]), 4)))
+            picks.append(Pick(**asdict(self.movie(idx)), score=round(float(s), 4),
+                              because=because))
+        return picks
+
+
+def _raw(v):
+    v = v.item() if hasattr(v, "item") else v
+    return v
+
+
+def _rating(r) -> float | None:
+    return None if np.isnan(r) else float(r)
+
+
+def _iso(ts) -> str:
+    return datetime.fromtimestamp(int(ts), tz=UTC).isoformat()
