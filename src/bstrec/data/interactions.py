@@ -105,13 +105,10 @@ def build_dataset(
     ``item_table`` (checked by the caller, who knows file and line). Only items with at
     least one interaction enter the catalogue; only users with interactions get indexes.
     """
-    user_ids, user_inv = np.unique(raw_user, return_inverse=True)
-    item_ids, item_inv = np.unique(raw_item, return_inverse=True)
-    user_inv = user_inv.astype(np.int32)
-    item_inv = item_inv.astype(np.int32)
+    user_ids, user_inv = unique_inverse(raw_user)
+    item_ids, item_inv = unique_inverse(raw_item)
     timestamp = np.asarray(timestamp, dtype=np.int64)
-    # Stable sort by (user, time): lexsort is stable, so equal timestamps keep file order.
-    order = np.lexsort((timestamp, user_inv))
+    order = user_time_order(user_inv, timestamp)
     user = user_inv[order]
     counts = np.bincount(user, minlength=len(user_ids))
     offsets = np.zeros(len(user_ids) + 1, dtype=np.int64)
@@ -162,6 +159,43 @@ def build_dataset(
     ds.checksum = combined_checksum(ds.sources)
     ds.validate()
     return ds
+
+
+def unique_inverse(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(raw, return_inverse=True)`` with int32 codes, in O(n) for dense ids.
+
+    MovieLens ids are small non-negative integers, so a presence table replaces the
+    sort that np.unique does (about 25 ms on a million shuffled movie ids).
+    """
+    raw = np.asarray(raw)
+    n = len(raw)
+    if n and raw.dtype.kind in "iu":
+        lo, hi = int(raw.min()), int(raw.max())
+        if lo >= 0 and hi < 4 * n + (1 << 20):
+            present = np.zeros(hi + 1, dtype=bool)
+            present[raw] = True
+            ids = np.flatnonzero(present).astype(raw.dtype)
+            lut = np.zeros(hi + 1, dtype=np.int32)
+            lut[ids] = np.arange(len(ids), dtype=np.int32)
+            return ids, lut[raw]
+    ids, inv = np.unique(raw, return_inverse=True)
+    return ids, inv.reshape(-1).astype(np.int32)
+
+
+def user_time_order(user: np.ndarray, timestamp: np.ndarray) -> np.ndarray:
+    """Row order grouped by user, each user's rows by time; ties keep file order.
+
+    Both keys packed into one int64 and sorted stably beats np.lexsort by 2-3x; the
+    packing needs user < 2**29 and a time span < 2**34 s (540 years), else lexsort.
+    """
+    if len(user) == 0:
+        return np.zeros(0, dtype=np.int64)
+    t0 = int(timestamp.min())
+    span = int(timestamp.max()) - t0
+    if int(user.max()) < (1 << 29) and span < (1 << 34):
+        key = (user.astype(np.int64) << 34) | (timestamp - t0)
+        return np.argsort(key, kind="stable")
+    return np.lexsort((timestamp, user))
 
 
 def combined_checksum(sources: dict[str, str]) -> str:

@@ -1,0 +1,1 @@
+"""Data layer: readers, the in-memory Dataset, caches, splits and batches."""
