@@ -103,7 +103,7 @@ def main() -> int:
         warm_speedup=round(t_pandas / t_warm, 1),
         cold_speedup_with_imports=round(t_pandas / t_process, 1),
         target_cold_speedup=10,
-        pass_=t_pandas / t_cold >= 10,
+        meets_target=t_pandas / t_cold >= 10,
         pandas_seconds=round(t_pandas, 3),
         cold_seconds=round(t_cold, 4),
         warm_seconds=round(t_warm, 4),

@@ -13,7 +13,7 @@ import contextlib
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bstrec.data import cache as cache_mod
@@ -152,8 +152,8 @@ def load_path(path: Path, opts: LoadOptions | None = None) -> Dataset:
     if fmt != "interactions" and (opts.items is not None or opts.users is not None):
         raise DataError(f"{path}: items= / users= files apply to an interactions file only")
     if opts.name is None:
-        opts = LoadOptions(**{**opts.__dict__, "name": Path(path).name if fmt != "interactions"
-                              else Path(path).stem})  # fmt: skip
+        path = Path(path)
+        opts = replace(opts, name=path.stem if fmt == "interactions" else path.name)
     if not opts.cache:
         return parse(fmt, target, opts)
     sources = source_files(fmt, target, opts)
@@ -216,7 +216,7 @@ def load_dataset(
     named = find_named(str(path_or_name), data_dir)
     if named is not None:
         if opts.name is None:
-            opts = LoadOptions(**{**opts.__dict__, "name": str(path_or_name)})
+            opts = replace(opts, name=str(path_or_name))
         return load_path(named, opts)
     from bstrec.data.download import known_archives
 
