@@ -25,6 +25,7 @@ from bstrec.evaluate import evaluate_ranking, evaluate_rating
 from bstrec.models.base import Recommender
 from bstrec.models.factory import build_model, catalog_features, fit_baseline, task_of
 from bstrec.run_dir import atomic_write_text, save_model, write_data_files
+from bstrec.sampling import NegativeSampler, training_loss
 
 
 class TrainingError(RuntimeError):
@@ -58,25 +59,6 @@ def validate(model: Recommender, store: SequenceStore, split: Split, max_len: in
 def primary(metrics: dict) -> float:
     """Higher is better: NDCG@10 for ranking, -RMSE for rating."""
     return metrics["NDCG@10"] if "NDCG@10" in metrics else -metrics["RMSE"]
-
-
-class NegativeSampler:
-    def __init__(self, kind: str, n_items: int, counts: np.ndarray, gen: torch.Generator):
-        self.kind, self.n_items, self.gen = kind, n_items, gen
-        if kind == "popularity":
-            p = torch.from_numpy(counts.astype(np.float64)) ** 0.75 + 1e-3
-            self.probs = (p / p.sum()).float()
-            self.logq = torch.log(self.probs * n_items)  # relative to uniform
-        elif kind != "uniform":
-            raise ValueError(f"train.sampler must be uniform or popularity, not {kind!r}")
-
-    def sample(self, shape) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Item tokens (1..n) and, for popularity sampling, their log-probability ratio."""
-        if self.kind == "uniform":
-            return torch.randint(1, self.n_items + 1, shape, generator=self.gen), None
-        n = math.prod(shape)
-        idx = torch.multinomial(self.probs, n, replacement=True, generator=self.gen)
-        return (idx + 1).view(shape), self.logq[idx].view(shape)
 
 
 @dataclass
@@ -145,7 +127,7 @@ def train(cfg: RunConfig, ds: Dataset, out: Path, log=print) -> TrainResult:
         t_epoch = time.perf_counter()
         for s in range(0, len(perm), bs):
             batch = store.batch_for_targets(perm[s : s + bs], cfg.data.max_len).to(device)
-            loss = _loss(model, batch, cfg, sampler, device)
+            loss = training_loss(model, batch, cfg, sampler, device)
             if not torch.isfinite(loss):
                 raise TrainingError(
                     f"non-finite loss {loss.item()} at epoch {epoch} step {step}; "
@@ -191,17 +173,6 @@ def train(cfg: RunConfig, ds: Dataset, out: Path, log=print) -> TrainResult:
     _write_summary(out, cfg, ds, result)
     _plot_curves(out, history)
     return result
-
-
-def _loss(model, batch, cfg: RunConfig, sampler: NegativeSampler, device) -> torch.Tensor:
-    if model.task == "rating":
-        return model.loss(batch)
-    if cfg.train.loss == "bce":
-        neg, _ = sampler.sample((len(batch), cfg.train.negatives))
-        return model.loss(batch, neg.to(device), loss="bce")
-    neg, logq = sampler.sample((cfg.train.negatives,))
-    return model.loss(batch, neg.to(device), loss="sampled-softmax",
-                      neg_logq=None if logq is None else logq.to(device))
 
 
 def _optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:

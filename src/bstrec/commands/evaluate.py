@@ -34,7 +34,8 @@ def evaluate(
 
     table = Table(title=f"{metrics['model']} on {metrics['data']} ({split}, "
                         f"protocol {metrics['protocol']})")
-    for k in metrics:
-        table.add_column(k)
-    table.add_row(*[f"{v:.4f}" if isinstance(v, float) else str(v) for v in metrics.values()])
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in metrics.items():
+        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
     Console().print(table)
