@@ -1,0 +1,149 @@
+"""Quality benchmark: BST and the baselines under protocols R, T and S.
+
+Prints one JSON line per model with its test metrics (read once, at the end of each
+model's training; model selection uses validation only), training and evaluation time.
+
+    python benchmarks/quality.py --data ../shared/data/ml-1m-u2999 --out runs/bench
+
+Protocols are defined in ../shared/PROTOCOL.md. S is the reference notebook's leaky
+random-window split, reported only to compare like with like against the notebook.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bstrec import load_dataset
+from bstrec.config import RunConfig
+from bstrec.data.batches import SequenceStore
+from bstrec.data.splits import seed_windows
+from bstrec.evaluate import evaluate_ranking, evaluate_rating
+from bstrec.models.factory import build_model, catalog_features, fit_baseline
+from bstrec.train import make_split, train
+
+DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "ml-1m-u2999"
+
+
+def emit(rec: dict) -> None:
+    print(json.dumps(rec), flush=True)
+
+
+def baselines(ds, split, store, max_len: int, which: list[str]) -> None:
+    train_rows = split.train_rows(ds.user_offsets)
+    for name in which:
+        cfg = RunConfig()
+        cfg.model.name = name
+        t0 = time.perf_counter()
+        model = fit_baseline(cfg, ds, train_rows)
+        fit_s = time.perf_counter() - t0
+        rows = split.targets("test")
+        if model.task == "rating":
+            m = evaluate_rating(model, store, rows, max_len)
+        else:
+            m = evaluate_ranking(model, store, rows, max_len)
+        emit({"model": name, "split": "test", **m, "train_seconds": fit_s})
+
+
+def bst(ds, split, store, task: str, minutes: float, out: Path, sets: list[str]) -> None:
+    cfg = RunConfig()
+    cfg.model.task = task
+    cfg.train.progress = False
+    cfg.train.max_minutes = minutes
+    cfg.override(sets)
+    result = train(cfg, ds, out / f"bst-{task}", log=lambda m: print(m, file=sys.stderr))
+    from bstrec.run_dir import load_run
+
+    best = load_run(out / f"bst-{task}").model  # the checkpoint chosen on validation
+    rows = split.targets("test")
+    if task == "rating":
+        m = evaluate_rating(best, store, rows, cfg.data.max_len)
+    else:
+        m = evaluate_ranking(best, store, rows, cfg.data.max_len)
+    emit({"model": f"bst-{task}", "split": "test", **m,
+          "train_seconds": result.train_seconds,
+          "best_val": {k: result.best.get(k) for k in ("NDCG@10", "HR@10", "RMSE", "epoch",
+                                                       "step", "train_seconds")},
+          "config": cfg.to_dict()})
+
+
+def protocol_s(ds, minutes: float, sets: list[str]) -> None:
+    """The notebook's task and split: predict the 4th rating of a window from the first 3."""
+    ws = seed_windows(ds)
+    cfg = RunConfig()
+    cfg.model.task = "rating"
+    cfg.data.max_len = 3
+    cfg.override(sets)
+    torch.manual_seed(cfg.train.seed)
+    store = SequenceStore(ds)
+    model = build_model(cfg, catalog_features(ds, store.user_feature_names))
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr,
+                            weight_decay=cfg.train.weight_decay)
+    tr_target = torch.from_numpy(ws.train_windows[:, 3])
+    tr_start = torch.from_numpy(ws.train_windows[:, 0])
+    gen = torch.Generator().manual_seed(cfg.train.seed)
+    t0 = time.perf_counter()
+    bs, epochs = cfg.train.batch_size, 0
+    # fixed budget, no model selection: S has no validation part, as in the notebook
+    while time.perf_counter() - t0 < 60 * minutes:
+        model.train()
+        perm = torch.randperm(len(tr_target), generator=gen)
+        for s in range(0, len(perm), bs):
+            idx = perm[s : s + bs]
+            batch = store.batch_for_targets(tr_target[idx], 3, hist_limit=tr_start[idx])
+            loss = model.loss(batch)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        epochs += 1
+    train_s = time.perf_counter() - t0
+    m = evaluate_rating(model, store, ws.test_windows[:, 3], 3,
+                        hist_limit=ws.test_windows[:, 0], protocol="S")
+    emit({"model": "bst-rating", "split": "S-test (leaky, notebook comparison only)", **m,
+          "train_seconds": train_s, "epochs": epochs,
+          "train_windows": int(len(ws.train_windows))})
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default=str(DEFAULT_DATA))
+    p.add_argument("--out", default="runs/bench")
+    p.add_argument("--only", nargs="*", default=["baselines", "ranking", "rating", "S"])
+    p.add_argument("--ranking-minutes", type=float, default=20.0)
+    p.add_argument("--rating-minutes", type=float, default=6.0)
+    p.add_argument("--s-minutes", type=float, default=3.0)
+    p.add_argument("--set", action="append", default=[], help="config override for BST")
+    args = p.parse_args(argv)
+    data = Path(args.data)
+    if not data.exists():
+        print(f"skipped: data not found at {data} (needs ../shared/data/ml-1m-u2999)")
+        return 0
+    emit({"machine": platform.processor() or platform.machine(),
+          "threads": torch.get_num_threads(), "torch": torch.__version__, "data": str(data)})
+    ds = load_dataset(data)
+    split = make_split(ds, "leave-one-out")
+    store = SequenceStore(ds)
+    out = Path(args.out)
+    max_len = RunConfig().data.max_len
+    if "baselines" in args.only:
+        baselines(ds, split, store, max_len,
+                  ["popularity", "transitions", "global-mean", "user-mean", "bias"])
+    if "ranking" in args.only:
+        bst(ds, split, store, "ranking", args.ranking_minutes, out, args.set)
+    if "rating" in args.only:
+        bst(ds, split, store, "rating", args.rating_minutes, out, args.set)
+    if "S" in args.only:
+        protocol_s(ds, args.s_minutes, args.set)
+    np.random.seed(0)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

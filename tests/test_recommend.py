@@ -1,0 +1,88 @@
+"""Recommendations from a saved run: unseen movies, titles, explanations, bad ids."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from bstrec.cli import app
+from bstrec.config import RunConfig
+from bstrec.data.interactions import DataError
+from bstrec.recommend import Recommender, UnknownIdError
+from bstrec.run_dir import load_run
+from bstrec.train import train
+from tests.factories import tiny_dataset
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    ds = tiny_dataset()
+    cfg = RunConfig()
+    cfg.model.dim, cfg.model.heads, cfg.model.mlp = 16, 2, [16, 8]
+    cfg.train.epochs, cfg.train.batch_size, cfg.train.negatives = 2, 64, 8
+    cfg.train.progress = False
+    cfg.data.max_len = 5
+    out = tmp_path_factory.mktemp("run")
+    train(cfg, ds, out, log=lambda _m: None)
+    return out, ds
+
+
+def test_known_user_gets_unseen_movies_with_titles_and_reasons(run_dir):
+    out, ds = run_dir
+    rec = Recommender(load_run(out))
+    raw_user = int(ds.user_ids[3])
+    res = rec.for_user(raw_user, k=5)
+    u = 3
+    seen = set(ds.item_ids[ds.item[ds.user_offsets[u]:ds.user_offsets[u + 1]]].tolist())
+    assert len(res.picks) == 5
+    assert not seen & {p.movie_id for p in res.picks}
+    assert all(p.title.startswith("Movie ") for p in res.picks)
+    scores = [p.score for p in res.picks]
+    assert scores == sorted(scores, reverse=True)
+    for p in res.picks:
+        assert 1 <= len(p.because) <= 3
+        assert {b.movie_id for b in p.because} <= seen
+    assert res.history[0].movie_id == int(ds.item_ids[ds.item[ds.user_offsets[u + 1] - 1]])
+
+
+def test_history_recommendations_exclude_the_history(run_dir):
+    out, ds = run_dir
+    rec = Recommender(load_run(out))
+    hist = [int(x) for x in ds.item_ids[:4]]
+    res = rec.for_history(hist, k=7, user_features={"gender": "F"})
+    assert len(res.picks) == 7
+    assert not set(hist) & {p.movie_id for p in res.picks}
+    assert [h.movie_id for h in res.history] == hist[::-1]
+
+
+def test_unknown_ids_are_clear_errors(run_dir):
+    out, ds = run_dir
+    rec = Recommender(load_run(out))
+    with pytest.raises(UnknownIdError, match="unknown user id: 999999"):
+        rec.for_user(999999)
+    with pytest.raises(UnknownIdError, match="unknown movie ids: 7777, 8888"):
+        rec.for_history([int(ds.item_ids[0]), 7777, 8888])
+    with pytest.raises(DataError, match="user.gender"):
+        rec.for_history([int(ds.item_ids[0])], user_features={"gender": "X"})
+
+
+def test_recommend_cli_json_and_errors(run_dir):
+    out, ds = run_dir
+    runner = CliRunner()
+    r = runner.invoke(app, ["recommend", str(out), "--user", str(ds.user_ids[0]), "-k", "3",
+                            "--json"])
+    assert r.exit_code == 0, r.output
+    body = json.loads(r.output)
+    assert len(body["picks"]) == 3 and body["picks"][0]["title"]
+    r = runner.invoke(app, ["recommend", str(out), "--history", "10,99999"])
+    assert r.exit_code == 1 and "unknown movie id: 99999" in r.output
+    r = runner.invoke(app, ["recommend", str(out)])
+    assert r.exit_code == 2
+
+
+def test_evaluate_cli_labels_its_protocol(run_dir):
+    out, _ = run_dir
+    r = CliRunner().invoke(app, ["evaluate", str(out), "--split", "val", "--json"])
+    assert r.exit_code == 0, r.output
+    body = json.loads(r.output)
+    assert body["protocol"] == "R" and body["users"] == 30 and 0 <= body["NDCG@10"] <= 1
