@@ -140,10 +140,12 @@ class BST(Recommender):
         self.user_id_emb = nn.Embedding(cat.n_users + 1, du) if cfg.use_user_id else None
         n_user = du * (len(self.user_feat_emb) + (1 if cfg.use_user_id else 0))
         seq_out = d * (max_len + 1) if cfg.output == "concat" else d
-        pair_in = seq_out + ((d + cfg.heads) if cfg.interaction_features else 0)
         widths = [*cfg.mlp]
         # The first MLP layer is split by input so the per-user part is computed once.
-        self.mlp_pair = nn.Linear(pair_in, widths[0])
+        self.mlp_pair = nn.Linear(seq_out, widths[0])
+        if cfg.interaction_features:
+            self.mlp_prod = nn.Linear(d, widths[0], bias=False)
+            self.mlp_aff = nn.Linear(cfg.heads, widths[0], bias=False)
         self.mlp_user = nn.Linear(n_user, widths[0], bias=False) if n_user else None
         layers: list[nn.Module] = [nn.LeakyReLU(), nn.Dropout(cfg.block_dropout)]
         for a, b in zip(widths[:-1], widths[1:], strict=True):
@@ -179,10 +181,15 @@ class BST(Recommender):
             parts.append(self.user_id_emb(batch.user))
         return torch.cat(parts, -1) if parts else None  # (B, U)
 
-    def head(self, seq_out, inter, user_part) -> torch.Tensor:
-        """MLP over [sequence output, interaction features] + the per-user part."""
-        x = seq_out if inter is None else torch.cat([seq_out, inter], -1)
-        h = self.mlp_pair(x)  # (B, C, H1)
+    def head(self, seq_out, prod, aff, user_part) -> torch.Tensor:
+        """MLP over [sequence output, interaction features, user features].
+
+        The first layer is one linear map per input group, summed: the same function
+        as a linear map of their concatenation, without copying the (B, C, .) inputs.
+        """
+        h = self.mlp_pair(seq_out)  # (B, C, H1)
+        if self.cfg.interaction_features:
+            h = h + self.mlp_prod(prod) + self.mlp_aff(aff)
         if user_part is not None:
             h = h + user_part[:, None, :]
         out = self.mlp_rest(h).squeeze(-1)  # (B, C)
@@ -222,29 +229,34 @@ class BST(Recommender):
         eye = torch.eye(h.shape[1], dtype=torch.bool, device=h.device)
         hist_mask = mask[:, None, :] | (~mask[:, :, None] & eye)  # (B, L, L)
         att_first = None
+        has_hist = mask.any(1)[:, None, None]  # (B, 1, 1)
         for i, blk in enumerate(self.blocks):
             _, k_h, v_h = (blk.split(z) for z in blk.qkv(h).chunk(3, -1))  # (B, H, L, dh)
             q_t, k_t, v_t = (blk.split(z) for z in blk.qkv(t).chunk(3, -1))  # (1|B, H, C, dh)
-            scale = 1.0 / math.sqrt(q_t.shape[-1])
-            s_h = (q_t @ k_h.transpose(-1, -2)) * scale  # (B, H, C, L)
+            q_t = q_t / math.sqrt(q_t.shape[-1])
+            s_h = q_t @ k_h.transpose(-1, -2)  # (B, H, C, L)
             s_h = s_h.masked_fill(~mask[:, None, None, :], float("-inf"))
-            s_t = (q_t * k_t).sum(-1, keepdim=True) * scale  # (1|B, H, C, 1)
-            s_t = s_t.expand(b, -1, -1, -1)
-            logits = torch.cat([s_h, s_t], -1)  # (B, H, C, L + 1)
-            att = logits.softmax(-1)
+            s_t = (q_t * k_t).sum(-1, keepdim=True)  # (1|B, H, C, 1)
+            # softmax over [history, candidate] without concatenating the two: saves a
+            # copy of the largest tensor, and the history's log-sum-exp comes for free
+            m = torch.maximum(s_h.amax(-1, keepdim=True), s_t)  # (B, H, C, 1)
+            e_h = (s_h - m).exp()  # (B, H, C, L)
+            e_t = (s_t - m).exp()  # (B, H, C, 1)
+            sum_h = e_h.sum(-1, keepdim=True)
+            z = sum_h + e_t
             if i == 0 and want_attention:
-                att_first = att[..., :-1].mean(1)  # (B, C, L)
-            out = att[..., :-1] @ v_h + att[..., -1:] * v_t  # (B, H, C, dh)
+                att_first = (e_h / z).mean(1)  # (B, C, L)
+            out = (e_h @ v_h + e_t * v_t) / z  # (B, H, C, dh)
             attn_out = blk.merge(out)  # (B, C, D)
             t = blk.finish(t.expand(b, -1, -1), attn_out)
             if i + 1 < len(self.blocks):
                 h, _ = blk(h, hist_mask)
-        # (B, C, D): how the candidate matches what it attended to, as an explicit
-        # product, since an MLP learns dot products poorly
-        inter = None
+        aff = None
         if self.cfg.interaction_features:
-            inter = torch.cat([attn_out * t0, self._affinity(logits)], -1)
-        scores = self.head(t, inter, self._user_part(batch))
+            lse = (m + sum_h.clamp_min(1e-30).log()).squeeze(-1)  # (B, H, C)
+            aff = torch.where(has_hist, lse, 0.0).permute(0, 2, 1)  # (B, C, H)
+            attn_out = attn_out * t0
+        scores = self.head(t, attn_out, aff, self._user_part(batch))
         return scores, att_first
 
     def score_plain(self, batch: Batch, candidates: torch.Tensor, want_attention=False):
@@ -275,24 +287,16 @@ class BST(Recommender):
             x, att = blk(x, allow)
             if i == 0 and want_attention:
                 att_first = att[:, :, -1, :-1].mean(1).view(b, c, seq_len)
-        if self.cfg.output == "concat":
-            seq_out = x.reshape(b, c, -1)  # (B, C, (L+1) D)
-            inter = None
-            if self.cfg.interaction_features:
-                blk = self.blocks[-1]
-                out, logits = self._target_attention(blk, attn_in, allow)
-                aff = self._affinity(logits.view(b, c, -1, n).permute(0, 2, 1, 3))
-                inter = torch.cat([out.view(b, c, -1) * t0, aff], -1)
-        else:
-            seq_out = x[:, -1].view(b, c, -1)  # (B, C, D)
-            inter = None
-            if self.cfg.interaction_features:
-                # the attention output at the target position, before residual and norms
-                blk = self.blocks[-1]
-                out, logits = self._target_attention(blk, attn_in, allow)
-                aff = self._affinity(logits.view(b, c, -1, n).permute(0, 2, 1, 3))
-                inter = torch.cat([out.view(b, c, -1) * t0, aff], -1)
-        return self.head(seq_out, inter, self._user_part(batch)), att_first
+        concat = self.cfg.output == "concat"
+        # (B, C, (L+1) D) for concat, (B, C, D) for the target position
+        seq_out = x.reshape(b, c, -1) if concat else x[:, -1].view(b, c, -1)
+        prod = aff = None
+        if self.cfg.interaction_features:
+            # the attention output at the target position, before residual and norms
+            out, logits = self._target_attention(self.blocks[-1], attn_in, allow)
+            aff = self._affinity(logits.view(b, c, -1, n).permute(0, 2, 1, 3))
+            prod = out.view(b, c, -1) * t0
+        return self.head(seq_out, prod, aff, self._user_part(batch)), att_first
 
     @staticmethod
     def _affinity(logits: torch.Tensor) -> torch.Tensor:
@@ -301,10 +305,12 @@ class BST(Recommender):
         logits (B, H, C, L + 1), history first, the candidate itself last. Softmax
         normalises this strength away from the attention output; a log-sum-exp over the
         history hands it to the MLP directly (a soft "most similar watch" score).
+        Empty histories get 0.
         """
         hist = logits[..., :-1]
-        lse = torch.logsumexp(hist, -1).nan_to_num(0.0, neginf=0.0)  # (B, H, C)
-        return lse.permute(0, 2, 1)  # (B, C, H)
+        has = torch.isfinite(hist).any(-1)
+        lse = torch.logsumexp(hist, -1)  # (B, H, C)
+        return torch.where(has, lse, 0.0).permute(0, 2, 1)  # (B, C, H)
 
     @staticmethod
     def _target_attention(blk: Block, x: torch.Tensor, allow: torch.Tensor):
