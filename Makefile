@@ -16,6 +16,10 @@ $(BIN)/bstrec: pyproject.toml
 	touch $(BIN)/bstrec
 
 install: $(BIN)/bstrec
+	@# the browser test (tests/serve) drives Debian's Chromium; as root (CI) install it, else it skips
+	@command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || \
+	  { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "warning: could not install chromium; the browser test will say so"
 
 quickstart: install
 	$(BIN)/bstrec quickstart $(if $(DATA),--data $(DATA),)

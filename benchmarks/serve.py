@@ -1,0 +1,272 @@
+"""Serving latency and throughput of `bstrec serve` over loopback HTTP.
+
+Starts the server (`python -m bstrec serve RUN_DIR`) in a subprocess on 127.0.0.1,
+then, for known-user requests (GET /users/{id}/recommendations) and history requests
+(POST /recommendations with real recent watches of other users), sends a bounded
+number of requests from 1 client (the service time) and from N concurrent clients
+(closed loop: each client sends its next request when the last one is answered).
+Prints JSON lines: one per (kind, clients) with p50/p90/p99/max latency in ms,
+requests per second and the error count, then a summary against the target
+(default model on ml-1m-u2999, 8 clients: p50 < 20 ms, p99 < 100 ms, 0 errors).
+
+    python benchmarks/serve.py RUN_DIR [--clients 8] [--requests 400] [--threads 1]
+
+Users are drawn without replacement where possible, so no answer is served twice
+from a warm path. The clients run in this process, on the same cores as the server:
+on a 2-core machine their CPU time is part of the cost measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGET = {"p50_ms": 20.0, "p99_ms": 100.0, "errors": 0}
+TIME_LIMIT_S = 300  # the whole benchmark stops by itself after this
+
+
+def emit(**fields) -> None:
+    print(json.dumps(fields), flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def percentile(sorted_ms: list[float], q: float) -> float:
+    if not sorted_ms:
+        return float("nan")
+    i = min(len(sorted_ms) - 1, max(0, round(q / 100 * len(sorted_ms)) - 1))
+    return sorted_ms[i]
+
+
+def is_default_run(run: Path) -> tuple[bool, str]:
+    """Whether RUN_DIR holds the default BST on ml-1m-u2999 (what the target is for)."""
+    import yaml
+
+    from bstrec.config import DataConfig, ModelConfig
+
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    data_name = json.loads((run / "data.json").read_text()).get("name", "?")
+    model, data = cfg.get("model", {}), cfg.get("data", {})
+    defaults = ModelConfig().__dict__
+    differs = sorted(k for k, v in defaults.items() if k in model and model[k] != v)
+    if data.get("max_len") != DataConfig().max_len:
+        differs.append("data.max_len")
+    notes = []
+    if differs:
+        notes.append(f"model settings differ from the defaults: {', '.join(differs)}")
+    if "u2999" not in str(data_name) and "u2999" not in str(data.get("source", "")):
+        notes.append(f"data set is {data_name}, not ml-1m-u2999")
+    return not notes, "; ".join(notes) or "default BST on ml-1m-u2999"
+
+
+def start_server(run: Path, port: int, threads: int) -> subprocess.Popen:
+    cmd = [
+        sys.executable,
+        "-m",
+        "bstrec",
+        "serve",
+        str(run),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--threads",
+        str(threads),
+        "--log-level",
+        "warning",
+    ]
+    return subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+
+
+def wait_ready(http, proc: subprocess.Popen, timeout: float = 120) -> dict:
+    import httpx
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(
+                f"server exited with {proc.returncode}: {proc.stderr.read()[-2000:]}"
+            )
+        try:
+            r = http.get("/health")
+            if r.status_code == 200:
+                return r.json()
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"server not ready after {timeout:.0f} s")
+
+
+def run_load(base: str, requests: list[tuple], clients: int, deadline: float) -> dict:
+    """Send `requests` from `clients` threads, closed loop; latencies in ms."""
+    import httpx
+
+    lat: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    todo = iter(requests)
+
+    def client() -> None:
+        with httpx.Client(base_url=base, timeout=30) as http:
+            while time.monotonic() < deadline:
+                with lock:
+                    req = next(todo, None)
+                if req is None:
+                    return
+                method, path, body = req
+                t = time.perf_counter()
+                try:
+                    r = http.request(method, path, json=body)
+                    ok = r.status_code == 200 and r.json().get("picks")
+                    err = None if ok else f"{r.status_code} {r.text[:200]}"
+                except httpx.HTTPError as e:
+                    err = f"{type(e).__name__}: {e}"
+                ms = (time.perf_counter() - t) * 1e3
+                with lock:
+                    lat.append(ms)
+                    if err:
+                        errors.append(err)
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    t0 = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    wall = time.perf_counter() - t0
+    lat.sort()
+    return {
+        "requests": len(lat),
+        "errors": len(errors) + (len(requests) - len(lat)),
+        "p50_ms": round(percentile(lat, 50), 2),
+        "p90_ms": round(percentile(lat, 90), 2),
+        "p99_ms": round(percentile(lat, 99), 2),
+        "max_ms": round(lat[-1], 2) if lat else None,
+        "rps": round(len(lat) / wall, 1),
+        "wall_s": round(wall, 2),
+        "first_error": errors[0] if errors else None,
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("run_dir", type=Path, help="run folder written by `bstrec train`")
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--requests", type=int, default=400, help="per kind, concurrent phase")
+    ap.add_argument("--single", type=int, default=100, help="per kind, 1-client phase")
+    ap.add_argument("--threads", type=int, default=1, help="server's torch threads")
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    sys.path.insert(0, str(ROOT / "src"))
+    import httpx
+
+    run = args.run_dir
+    if not (run / "model.safetensors").is_file():
+        emit(
+            bench="serve",
+            error=f"{run}: no trained run here (no model.safetensors). "
+            "Train the default model first: bstrec train --data ../shared/data/ml-1m-u2999 "
+            f"--out {run}",
+        )
+        return 2
+    default, note = is_default_run(run)
+    if not default:
+        emit(bench="serve", warning=f"not the default model the target is for: {note}")
+    deadline = time.monotonic() + TIME_LIMIT_S
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = start_server(run, port, args.threads)
+    try:
+        with httpx.Client(base_url=base, timeout=30) as http:
+            t = time.perf_counter()
+            health = wait_ready(http, proc)
+            start_s = time.perf_counter() - t
+            emit(
+                bench="serve",
+                run=str(run),
+                model=health["model"],
+                data_set=health["data_set"],
+                n_movies=health["n_movies"],
+                n_users=health["n_users"],
+                default_model=default,
+                note=note,
+                server_threads=args.threads,
+                clients=args.clients,
+                startup_s=round(start_s, 2),
+                cpus=os.cpu_count(),
+                load_avg_before=[round(x, 2) for x in os.getloadavg()],
+                python=platform.python_version(),
+            )
+            users = json.loads((run / "data.json").read_text())["user_ids"]
+            rng = random.Random(args.seed)
+            n_need = args.requests + args.single + 2 * args.clients
+            picked = rng.sample(users, min(len(users), n_need))
+            picked += rng.choices(users, k=n_need - len(picked))
+            user_reqs = [("GET", f"/users/{u}/recommendations?k={args.k}", None) for u in picked]
+            # histories: real recent watches of other users, 5 to 50 movies, oldest first
+            hist_reqs = []
+            for u in rng.sample(users, min(len(users), 60)):
+                n = rng.randint(5, 50)
+                watched = http.get(f"/users/{u}", params={"limit": n}).json()["history"]
+                hist_reqs.append(
+                    (
+                        "POST",
+                        "/recommendations",
+                        {"history": [w["movie_id"] for w in reversed(watched)], "k": args.k},
+                    )
+                )
+            hist_reqs = [hist_reqs[i % len(hist_reqs)] for i in range(n_need)]
+        results = {}
+        for kind, reqs in (("known-user", user_reqs), ("history", hist_reqs)):
+            warm, rest = reqs[: 2 * args.clients], reqs[2 * args.clients :]
+            run_load(base, warm, args.clients, deadline)  # connections, first-call costs
+            for clients, n in ((1, args.single), (args.clients, args.requests)):
+                batch, rest = rest[:n], rest[n:]
+                res = run_load(base, batch, clients, deadline)
+                results[(kind, clients)] = res
+                emit(bench="serve", kind=kind, clients=clients, **res)
+        met = all(
+            results[(kind, args.clients)]["p50_ms"] < TARGET["p50_ms"]
+            and results[(kind, args.clients)]["p99_ms"] < TARGET["p99_ms"]
+            and results[(kind, args.clients)]["errors"] == 0
+            for kind in ("known-user", "history")
+        )
+        errors = sum(r["errors"] for r in results.values())
+        emit(
+            bench="serve",
+            kind="summary",
+            target=TARGET,
+            clients=args.clients,
+            target_met=met,
+            default_model=default,
+            errors=errors,
+            load_avg_after=[round(x, 2) for x in os.getloadavg()],
+        )
+        return 0 if errors == 0 else 1
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

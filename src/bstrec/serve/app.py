@@ -1,0 +1,462 @@
+"""The HTTP API over one trained run, and the web page at ``/``.
+
+Every id in and out is the data set's raw id (MovieLens ``MovieID`` / ``UserID``),
+never an internal index. Errors are JSON ``{"detail", "field", "ids"?}``:
+404 for an unknown user or movie in the path, 422 for anything wrong in the request
+(unknown movie ids in a history, ``k`` out of range, malformed JSON, wrong types).
+A 500 is a bug: it is logged here with its traceback, and the client gets a generic
+message, never the traceback.
+
+Inference is serialized by one lock. A forward pass over the whole catalogue
+already uses every core through torch's intra-op threads, so running two at once
+only makes both slower (and torch does not promise that a module's forward is
+safe to call from several threads). FastAPI runs the plain ``def`` endpoints below
+in its thread pool; the lock keeps the event loop free for cheap requests (search,
+static files) while recommendations queue for the model.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import unicodedata
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import FastAPI, Query, Request
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from bstrec.data.interactions import DataError
+from bstrec.recommend import Recommender, UnknownIdError
+
+log = logging.getLogger("bstrec.serve")
+
+STATIC = Path(__file__).parent / "static"
+MAX_HISTORY = 200  # far above the model's window (it reads the newest max_len only)
+MAX_K = 100
+RawId = int | Annotated[str, Field(min_length=1, max_length=64)]
+
+
+# ------------------------------------------------------------------ schemas
+class Movie(BaseModel):
+    movie_id: int | str
+    title: str
+    year: int | None = Field(description="release year; null when unknown")
+    genres: list[str]
+
+
+class MovieStats(Movie):
+    n_ratings: int = Field(description="ratings in the training data (popularity)")
+    mean_rating: float | None = Field(description="mean stars; null without ratings")
+
+
+class MovieSearch(BaseModel):
+    query: str
+    total: int = Field(description="matches before the limit")
+    movies: list[MovieStats]
+
+
+class Because(Movie):
+    weight: float = Field(description="share of the model's attention on this watch")
+
+
+class Pick(Movie):
+    score: float = Field(description="model score (predicted stars for a rating model)")
+    because: list[Because] = Field(description="the watched movies that drove this pick")
+
+
+class Watched(Movie):
+    rating: float | None = None
+    time: str | None = Field(None, description="ISO 8601, UTC; null for a typed history")
+
+
+class RecommendationsOut(BaseModel):
+    user_id: int | str | None = Field(description="null for a history-only request")
+    task: str = Field(description="ranking | rating")
+    picks: list[Pick]
+    history: list[Watched] = Field(description="recent watches, newest first")
+
+
+class UserOut(BaseModel):
+    user_id: int | str
+    n_ratings: int
+    features: dict[str, str]
+    history: list[Watched] = Field(description="recent watches, newest first")
+
+
+class Health(BaseModel):
+    status: str
+    run: str = Field(description="run folder name")
+    model: str
+    task: str
+    data_set: str
+    n_users: int
+    n_movies: int
+    max_len: int = Field(description="history positions the model reads (newest)")
+    max_history: int = Field(description="longest history accepted by POST /recommendations")
+    user_features: dict[str, list[str]] = Field(
+        description="optional demographics for POST /recommendations, with their values"
+    )
+
+
+class UserFeatures(BaseModel):
+    """Optional demographics of a person not in the data (values as in the data set)."""
+
+    model_config = ConfigDict(extra="forbid")
+    gender: Annotated[str, Field(max_length=64)] | None = None
+    age: int | Annotated[str, Field(max_length=64)] | None = None
+    occupation: int | Annotated[str, Field(max_length=64)] | None = None
+
+
+class HistoryRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"history": [2571, 1196, 260], "k": 10}]}
+    )
+    history: list[RawId] = Field(
+        min_length=1,
+        max_length=MAX_HISTORY,
+        description="raw movie ids watched, oldest first, newest last",
+    )
+    k: int = Field(10, ge=1, le=MAX_K)
+    user: UserFeatures | None = None
+
+
+class ErrorOut(BaseModel):
+    detail: str
+    field: str | None = Field(None, description="the request field at fault")
+    ids: list[int | str] | None = Field(None, description="the unknown ids")
+    errors: list[dict[str, Any]] | None = Field(None, description="every validation error")
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {422: {"model": ErrorOut}}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorOut}, **ERRORS}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, detail: str, field: str | None = None, ids: list | None = None):
+        self.status, self.detail, self.field, self.ids = status, detail, field, ids
+
+
+# ------------------------------------------------------------------ service
+def fold(text: str) -> str:
+    """Lower case, accents removed, punctuation as spaces: 'Amélie' -> 'amelie'."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    plain = "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
+    return " ".join(re.sub(r"[^\w]+", " ", plain).split())
+
+
+class Service:
+    """The recommender plus what the endpoints need precomputed (search, popularity)."""
+
+    def __init__(self, rec: Recommender):
+        self.rec = rec
+        self.lock = threading.Lock()
+        ds = rec.ds
+        self.n_ratings = np.bincount(ds.item, minlength=ds.n_items)
+        if ds.has_ratings:
+            rated = ~np.isnan(ds.rating)
+            sums = np.bincount(ds.item[rated], weights=ds.rating[rated], minlength=ds.n_items)
+            counts = np.bincount(ds.item[rated], minlength=ds.n_items)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                self.mean_rating = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+        else:
+            self.mean_rating = np.full(ds.n_items, np.nan)
+        self.folded = [fold(str(t)) for t in ds.item_titles]
+        # most rated first: the order for an empty query and for ties
+        self.by_popularity = np.argsort(-self.n_ratings, kind="stable")
+
+    # lookups never touch the model, so they need no lock
+    def movie(self, idx: int) -> dict:
+        info = self.rec.movie(idx).__dict__
+        mean = self.mean_rating[idx]
+        return {
+            **info,
+            "n_ratings": int(self.n_ratings[idx]),
+            "mean_rating": None if np.isnan(mean) else round(float(mean), 3),
+        }
+
+    def movie_index(self, raw: str) -> int:
+        idx = self.rec.item_pos.get(str(raw))
+        if idx is None:
+            raise ApiError(
+                404, f"unknown movie id: {raw}{self._unrated_note([raw])}", "movie_id", [raw]
+            )
+        return idx
+
+    def search(self, q: str, limit: int) -> dict:
+        query = fold(q)
+        tokens = query.split()
+        hits = []
+        for idx in self.by_popularity.tolist():
+            title = self.folded[idx]
+            if all(t in title for t in tokens):
+                # the whole query as typed ranks first, then popularity
+                hits.append(
+                    (0 if title.startswith(query) else 1 if query in title else 2, len(hits), idx)
+                )
+        hits.sort()
+        return {
+            "query": q,
+            "total": len(hits),
+            "movies": [self.movie(idx) for _, _, idx in hits[:limit]],
+        }
+
+    def user(self, raw: str, limit: int) -> dict:
+        u = self._user_index(raw)
+        ds = self.rec.ds
+        lo, hi = int(ds.user_offsets[u]), int(ds.user_offsets[u + 1])
+        features = {
+            name: ds.user_vocab[name][int(ds.user_features[name][u])]
+            for name in self.rec.run.user_feature_names
+        }
+        rows = range(hi - 1, max(lo, hi - limit) - 1, -1)
+        history = [
+            {
+                **self.rec.movie(int(ds.item[r])).__dict__,
+                "rating": None if np.isnan(ds.rating[r]) else float(ds.rating[r]),
+                "time": _iso(int(ds.timestamp[r])),
+            }
+            for r in rows
+        ]
+        return {
+            "user_id": _plain(ds.user_ids[u]),
+            "n_ratings": hi - lo,
+            "features": features,
+            "history": history,
+        }
+
+    def for_user(self, raw: str, k: int) -> dict:
+        self._user_index(raw)
+        with self.lock:
+            return self.rec.for_user(raw, k).to_dict()
+
+    def for_history(self, req: HistoryRequest) -> dict:
+        missing = [m for m in req.history if str(m) not in self.rec.item_pos]
+        if missing:
+            missing = list(dict.fromkeys(missing))
+            shown = ", ".join(str(m) for m in missing[:10])
+            more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+            raise ApiError(
+                422,
+                f"history: unknown movie id{'s' if len(missing) > 1 else ''}: "
+                f"{shown}{more}{self._unrated_note(missing)}",
+                "history",
+                missing,
+            )
+        features = self._features(req.user)
+        try:
+            with self.lock:
+                return self.rec.for_history(list(req.history), req.k, features).to_dict()
+        except UnknownIdError as e:  # checked above; kept for a race-free guarantee
+            raise ApiError(422, str(e), "history", list(e.ids)) from None
+        except DataError as e:
+            raise ApiError(422, str(e), "user") from None
+
+    def health(self) -> dict:
+        run = self.rec.run
+        ds = self.rec.ds
+        return {
+            "status": "ok",
+            "run": run.path.name,
+            "model": run.config.model.name,
+            "task": self.rec.model.task,
+            "data_set": ds.name,
+            "n_users": ds.n_users,
+            "n_movies": ds.n_items,
+            "max_len": self.rec.max_len,
+            "max_history": MAX_HISTORY,
+            "user_features": {n: list(ds.user_vocab[n][1:]) for n in run.user_feature_names},
+        }
+
+    def _user_index(self, raw: str) -> int:
+        try:
+            return self.rec.user_index(raw)
+        except UnknownIdError:
+            raise ApiError(404, f"unknown user id: {raw}", "user_id", [raw]) from None
+
+    def _features(self, user: UserFeatures | None) -> dict[str, str] | None:
+        """Check demographics here, so an error can name the field."""
+        if user is None:
+            return None
+        given = {n: str(v) for n, v in user.model_dump().items() if v is not None}
+        known = self.rec.run.user_feature_names
+        for name, value in given.items():
+            if name not in known:
+                raise ApiError(
+                    422,
+                    f"user.{name}: this model does not use it "
+                    f"(it uses: {', '.join(known) or 'none'})",
+                    f"user.{name}",
+                )
+            vocab = self.rec.ds.user_vocab[name][1:]
+            if value not in vocab:
+                raise ApiError(
+                    422,
+                    f"user.{name}: unknown value {value!r}; one of {', '.join(vocab)}",
+                    f"user.{name}",
+                )
+        return given
+
+    def _unrated_note(self, ids: list) -> str:
+        unrated = self.rec.ds.unrated_items or {}
+        if any(str(m) in unrated or m in unrated for m in ids):
+            return " (listed in the movie file but never rated, so not in the catalogue)"
+        return ""
+
+
+# ------------------------------------------------------------------ app
+def create_app(source: str | Path | Recommender) -> FastAPI:
+    """The API and web page for a run folder (loaded here, once) or a loaded Recommender."""
+    if isinstance(source, Recommender):
+        rec = source
+    else:
+        from bstrec.run_dir import load_run
+
+        rec = Recommender(load_run(source))
+    svc = Service(rec)
+    app = FastAPI(
+        title="bstrec",
+        version="1",
+        description="Movie recommendations from a Behavior Sequence Transformer. "
+        "Ids are the data set's raw ids.",
+    )
+    app.state.service = svc
+    _install_error_handlers(app)
+
+    @app.get("/health", response_model=Health, tags=["service"])
+    def health() -> dict:
+        """Which model and data set this server answers for."""
+        return svc.health()
+
+    @app.get("/movies", response_model=MovieSearch, responses=ERRORS, tags=["movies"])
+    def search_movies(
+        q: str = Query(
+            "",
+            max_length=200,
+            description="title words, any case, accents optional; empty: most rated",
+        ),
+        limit: int = Query(20, ge=1, le=100),
+    ) -> dict:
+        """Title search, most rated first among equally good matches."""
+        return svc.search(q, limit)
+
+    @app.get("/movies/{movie_id}", response_model=MovieStats, responses=NOT_FOUND, tags=["movies"])
+    def get_movie(movie_id: str = PathParam(max_length=64)) -> dict:
+        return svc.movie(svc.movie_index(movie_id))
+
+    @app.get("/users/{user_id}", response_model=UserOut, responses=NOT_FOUND, tags=["users"])
+    def get_user(
+        user_id: str = PathParam(max_length=64), limit: int = Query(20, ge=1, le=MAX_HISTORY)
+    ) -> dict:
+        """A known user's demographics and recent watches, newest first."""
+        return svc.user(user_id, limit)
+
+    @app.get(
+        "/users/{user_id}/recommendations",
+        response_model=RecommendationsOut,
+        responses=NOT_FOUND,
+        tags=["recommendations"],
+    )
+    def recommend_for_user(
+        user_id: str = PathParam(max_length=64), k: int = Query(10, ge=1, le=MAX_K)
+    ) -> dict:
+        """Top-k movies a known user has not watched, each with what drove it."""
+        return svc.for_user(user_id, k)
+
+    @app.post(
+        "/recommendations",
+        response_model=RecommendationsOut,
+        responses=ERRORS,
+        tags=["recommendations"],
+    )
+    def recommend_for_history(req: HistoryRequest) -> dict:
+        """Top-k for anyone, from a list of watched movies (newest last)."""
+        return svc.for_history(req)
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(_request: Request, exc: ApiError) -> JSONResponse:
+        body = {"detail": exc.detail, "field": exc.field}
+        if exc.ids is not None:
+            body["ids"] = exc.ids
+        return JSONResponse(body, status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        # pydantic's own error objects may hold the offending input or exceptions;
+        # keep only what names the field and says what is wrong
+        errors = [_error(e) for e in exc.errors()]
+        first = errors[0] if errors else {"field": None, "msg": "invalid request"}
+        where = f"{first['field']}: " if first["field"] else ""
+        return JSONResponse(
+            {"detail": f"{where}{first['msg']}", "field": first["field"], "errors": errors},
+            status_code=422,
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:
+            # FastAPI's answer to a body it cannot even decode (not UTF-8, say): for the
+            # client that is malformed input like any other, so the same 422
+            return JSONResponse(
+                {"detail": "body: malformed request body (expected UTF-8 JSON)", "field": "body"},
+                status_code=422,
+            )
+        return JSONResponse(
+            {"detail": str(exc.detail), "field": None},
+            status_code=exc.status_code,
+            headers=exc.headers,
+        )
+
+    @app.exception_handler(Exception)
+    async def crash(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return JSONResponse({"detail": "internal server error", "field": None}, status_code=500)
+
+
+def _error(e: dict) -> dict:
+    if e.get("type") == "json_invalid":  # its loc is ('body', character offset)
+        pos = e.get("loc", ("body", "?"))[-1]
+        return {
+            "field": "body",
+            "msg": f"malformed JSON at character {pos}",
+            "type": "json_invalid",
+        }
+    return {
+        "field": _field(e.get("loc", ())),
+        "msg": str(e.get("msg", "invalid")),
+        "type": str(e.get("type", "")),
+    }
+
+
+def _field(loc: tuple | list) -> str | None:
+    """('body', 'user', 'age') -> 'user.age'; ('query', 'k') -> 'k'; ('body',) -> 'body'."""
+    parts = [str(p) for p in loc]
+    if len(parts) > 1 and parts[0] in ("body", "query", "path", "header", "cookie"):
+        parts = parts[1:]
+    return ".".join(parts) or None
+
+
+def _plain(v):
+    return v.item() if hasattr(v, "item") else v
+
+
+def _iso(ts: int) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat()

@@ -1,0 +1,168 @@
+// The bstrec page: plain DOM code, no framework, no network beyond this server.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const draft = []; // movies of the history being built, oldest first
+let health = null;
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") node.className = v;
+    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else node.setAttribute(k, v);
+  }
+  // text goes in as text nodes: titles come from data files, never as HTML
+  for (const c of children) node.append(c instanceof Node ? c : String(c));
+  return node;
+}
+
+async function api(path, options = {}) {
+  const res = await fetch(path, {
+    headers: { "content-type": "application/json" },
+    ...options,
+  });
+  let body = null;
+  try { body = await res.json(); } catch { /* a body that is not JSON */ }
+  if (!res.ok) {
+    const msg = body && body.detail ? body.detail : `${res.status} ${res.statusText}`;
+    throw new Error(msg);
+  }
+  return body;
+}
+
+function showError(err) {
+  const box = $("error");
+  if (err) {
+    box.textContent = err.message || String(err);
+    box.hidden = false;
+  } else {
+    box.hidden = true;
+  }
+}
+
+function movieLine(m) {
+  const year = m.year ? ` (${m.year})` : "";
+  // MovieLens titles already end in "(year)"; do not print it twice
+  const title = m.year && m.title.endsWith(`(${m.year})`) ? m.title.slice(0, -7) : m.title;
+  return el("span", { class: "movie" },
+    el("span", { class: "title" }, title), el("span", { class: "year" }, year),
+    el("span", { class: "genres" }, m.genres.join(" · ")));
+}
+
+// ---------------------------------------------------------------- header
+async function loadHealth() {
+  try {
+    health = await api("/health");
+    $("health").textContent = `${health.model} (${health.task}) on ${health.data_set}: ` +
+      `${health.n_users.toLocaleString()} users, ${health.n_movies.toLocaleString()} movies`;
+    const box = $("features");
+    for (const [name, values] of Object.entries(health.user_features)) {
+      const select = el("select", { id: `feat-${name}`, "data-feature": name },
+        el("option", { value: "" }, "any"), ...values.map((v) => el("option", { value: v }, v)));
+      box.append(el("label", { for: `feat-${name}` }, name), select);
+    }
+  } catch (err) {
+    $("health").textContent = "server unreachable";
+    showError(err);
+  }
+}
+
+// ---------------------------------------------------------------- search
+async function search(q) {
+  const list = $("search-results");
+  try {
+    const res = await api(`/movies?q=${encodeURIComponent(q)}&limit=10`);
+    list.replaceChildren(...res.movies.map((m) => el("li", { "data-movie-id": m.movie_id },
+      movieLine(m),
+      el("button", { type: "button", class: "add", onclick: () => addMovie(m) }, "Add"))));
+    if (!res.movies.length) list.append(el("li", { class: "muted" }, "no match"));
+    showError(null);
+  } catch (err) { showError(err); }
+}
+
+function addMovie(m) {
+  if (health && draft.length >= health.max_history) {
+    showError(new Error(`a history holds at most ${health.max_history} movies`));
+    return;
+  }
+  draft.push(m);
+  renderDraft();
+}
+
+function renderDraft() {
+  $("history-draft").replaceChildren(...draft.map((m, i) => el("li", {},
+    movieLine(m),
+    el("button", {
+      type: "button", class: "link", "aria-label": `remove ${m.title}`,
+      onclick: () => { draft.splice(i, 1); renderDraft(); },
+    }, "remove"))));
+  $("history-empty").hidden = draft.length > 0;
+  $("history-go").disabled = draft.length === 0;
+}
+
+// ---------------------------------------------------------------- results
+function renderRecommendations(res, who) {
+  $("recs-title").textContent = `Recommendations for ${who}`;
+  const label = res.task === "rating" ? "predicted stars" : "score";
+  $("recs").replaceChildren(...res.picks.map((p) => el("li", { class: "card" },
+    movieLine(p),
+    el("span", { class: "score", title: label }, `${label} ${p.score.toFixed(3)}`),
+    p.because.length
+      ? el("p", { class: "because" }, "because you watched ",
+        ...p.because.flatMap((b, i) => [i ? ", " : "",
+          el("em", { title: `attention ${b.weight}` }, b.title)]))
+      : "")));
+  $("recs-empty").hidden = res.picks.length > 0;
+  if (!res.picks.length) $("recs-empty").textContent = "Nothing left to recommend.";
+  $("recent-title").textContent = `Recent history of ${who} (newest first)`;
+  $("recent").replaceChildren(...res.history.map((w) => el("li", {},
+    movieLine(w),
+    w.rating != null ? el("span", { class: "stars" }, `${w.rating}★`) : "",
+    w.time ? el("span", { class: "time muted" }, w.time.slice(0, 10)) : "")));
+}
+
+async function recommendForUser(userId) {
+  const k = $("k").value;
+  try {
+    const res = await api(`/users/${encodeURIComponent(userId)}/recommendations?k=${k}`);
+    renderRecommendations(res, `user ${res.user_id}`);
+    showError(null);
+  } catch (err) { showError(err); }
+}
+
+async function recommendForHistory() {
+  const user = {};
+  for (const s of document.querySelectorAll("[data-feature]")) {
+    if (s.value) user[s.dataset.feature] = s.value;
+  }
+  const body = { history: draft.map((m) => m.movie_id), k: Number($("k").value) };
+  if (Object.keys(user).length) body.user = user;
+  try {
+    const res = await api("/recommendations", { method: "POST", body: JSON.stringify(body) });
+    renderRecommendations(res, "your history");
+    showError(null);
+  } catch (err) { showError(err); }
+}
+
+// ---------------------------------------------------------------- wiring
+document.addEventListener("DOMContentLoaded", () => {
+  loadHealth();
+  $("user-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const id = $("user-id").value.trim();
+    if (id) recommendForUser(id);
+  });
+  $("search-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    search($("search").value.trim());
+  });
+  let timer = null;
+  $("search").addEventListener("input", () => {
+    clearTimeout(timer);
+    timer = setTimeout(() => search($("search").value.trim()), 250);
+  });
+  $("history-go").addEventListener("click", recommendForHistory);
+  $("clear").addEventListener("click", () => { draft.length = 0; renderDraft(); });
+  renderDraft();
+});

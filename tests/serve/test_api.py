@@ -1,0 +1,267 @@
+"""The HTTP API on a tiny trained run: answers, raw ids, and every kind of bad input."""
+
+from __future__ import annotations
+
+import pytest
+
+KNOWN_USER = 3  # tiny_dataset raw user ids are 1..n_users
+MOVIES = list(range(10, 50))  # rated movies; 50..52 are listed but never rated
+
+
+def test_health_names_model_and_sizes(client):
+    r = client.get("/health")
+    assert r.status_code == 200
+    h = r.json()
+    assert h["status"] == "ok" and h["model"] == "bst" and h["task"] == "ranking"
+    assert h["data_set"] == "tiny" and h["n_users"] == 40 and h["n_movies"] == 40
+    assert h["user_features"] == {"age": ["0", "1", "2"], "gender": ["F", "M"]}
+
+
+def test_page_and_static_files_are_served(client):
+    r = client.get("/")
+    assert r.status_code == 200 and "text/html" in r.headers["content-type"]
+    for asset in ("/static/app.js", "/static/style.css"):
+        assert client.get(asset).status_code == 200
+    assert "http" not in r.text.replace("http-equiv", ""), "the page must not load from a CDN"
+
+
+def test_openapi_documents_every_endpoint(client):
+    spec = client.get("/openapi.json").json()
+    paths = spec["paths"]
+    for p in (
+        "/health",
+        "/movies",
+        "/movies/{movie_id}",
+        "/users/{user_id}",
+        "/users/{user_id}/recommendations",
+        "/recommendations",
+    ):
+        assert p in paths, p
+    schemas = spec["components"]["schemas"]
+    assert {"HistoryRequest", "RecommendationsOut", "Pick", "ErrorOut"} <= set(schemas)
+
+
+@pytest.mark.parametrize(
+    "q, expected",
+    [
+        ("movie 12", 12),
+        ("MOVIE 12", 12),
+        ("móvíe 12", 12),
+        ("  movie   12 ", 12),
+        ("(2002)", 12),
+    ],
+)
+def test_search_is_case_and_accent_insensitive(client, q, expected):
+    r = client.get("/movies", params={"q": q, "limit": 5})
+    assert r.status_code == 200
+    ids = [m["movie_id"] for m in r.json()["movies"]]
+    assert expected in ids, (q, ids)
+
+
+def test_search_limit_and_empty_query(client):
+    r = client.get("/movies", params={"limit": 3}).json()
+    assert len(r["movies"]) == 3 and r["total"] == 40
+    counts = [m["n_ratings"] for m in r["movies"]]
+    assert counts == sorted(counts, reverse=True), "empty query lists the most rated first"
+    assert client.get("/movies", params={"q": "no such film"}).json()["movies"] == []
+
+
+def test_fold_handles_real_titles():
+    from bstrec.serve.app import fold
+
+    assert (
+        fold("Amélie (Fabuleux destin d'Amélie Poulain, Le) (2001)")
+        == "amelie fabuleux destin d amelie poulain le 2001"
+    )
+    assert fold("Matrix, The (1999)") == "matrix the 1999"
+
+
+def test_movie_by_raw_id(client):
+    m = client.get("/movies/12").json()
+    assert m["movie_id"] == 12 and m["title"] == "Movie 12 (2002)" and m["year"] == 2002
+    assert isinstance(m["genres"], list) and m["n_ratings"] > 0
+
+
+def test_known_user_recommendations(client, recommender):
+    r = client.get(f"/users/{KNOWN_USER}/recommendations", params={"k": 7})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["user_id"] == KNOWN_USER and len(body["picks"]) == 7
+    watched = {
+        w["movie_id"] for w in client.get(f"/users/{KNOWN_USER}?limit=200").json()["history"]
+    }
+    picks = [p["movie_id"] for p in body["picks"]]
+    assert not watched & set(picks), "recommends only unwatched movies"
+    assert all(p in MOVIES for p in picks), "raw ids, not indexes"
+    scores = [p["score"] for p in body["picks"]]
+    assert scores == sorted(scores, reverse=True)
+    assert any(p["because"] for p in body["picks"])
+    for p in body["picks"]:
+        assert {b["movie_id"] for b in p["because"]} <= watched
+    # the same answer as the library gives
+    assert body == recommender.for_user(KNOWN_USER, 7).to_dict()
+
+
+def test_known_user_details(client):
+    u = client.get(f"/users/{KNOWN_USER}", params={"limit": 4}).json()
+    assert u["user_id"] == KNOWN_USER and u["n_ratings"] == 12
+    assert set(u["features"]) == {"age", "gender"} and len(u["history"]) == 4
+    times = [w["time"] for w in u["history"]]
+    assert times == sorted(times, reverse=True), "newest first"
+
+
+def test_history_recommendations(client, recommender):
+    req = {"history": [20, 21, 22], "k": 5, "user": {"gender": "F", "age": 1}}
+    r = client.post("/recommendations", json=req)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["user_id"] is None and len(body["picks"]) == 5
+    assert [w["movie_id"] for w in body["history"]] == [22, 21, 20]
+    assert not {20, 21, 22} & {p["movie_id"] for p in body["picks"]}
+    assert body == recommender.for_history([20, 21, 22], 5, {"gender": "F", "age": "1"}).to_dict()
+    # ids as strings name the same movies
+    same = client.post("/recommendations", json={**req, "history": ["20", "21", "22"]}).json()
+    assert same["picks"] == body["picks"]
+
+
+def test_history_of_the_whole_catalogue_leaves_nothing(client):
+    r = client.post("/recommendations", json={"history": MOVIES, "k": 10})
+    assert r.status_code == 200 and r.json()["picks"] == []
+
+
+def test_default_k_is_10(client):
+    assert len(client.post("/recommendations", json={"history": [10]}).json()["picks"]) == 10
+    assert len(client.get(f"/users/{KNOWN_USER}/recommendations").json()["picks"]) == 10
+
+
+# ------------------------------------------------------------------ bad input
+def _error(r, status, field=None):
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert isinstance(body["detail"], str) and body["detail"]
+    assert "Traceback" not in r.text
+    if field is not None:
+        assert body["field"] == field, body
+    return body
+
+
+def test_unknown_user_is_404_naming_it(client):
+    for path in ("/users/99999/recommendations", "/users/99999", "/users/abc/recommendations"):
+        body = _error(client.get(path), 404, "user_id")
+        assert path.split("/")[2] in body["detail"] and body["ids"] == [path.split("/")[2]]
+
+
+def test_unknown_movie_in_path_is_404(client):
+    body = _error(client.get("/movies/4242"), 404, "movie_id")
+    assert "4242" in body["detail"]
+
+
+def test_unknown_movies_in_history_are_422_naming_them(client):
+    body = _error(
+        client.post("/recommendations", json={"history": [10, 777, 11, "zz", 777]}), 422, "history"
+    )
+    assert body["ids"] == [777, "zz"]
+    assert "777" in body["detail"] and "zz" in body["detail"]
+
+
+def test_listed_but_unrated_movie_says_so(client):
+    body = _error(client.post("/recommendations", json={"history": [50]}), 422, "history")
+    assert "never rated" in body["detail"]
+
+
+@pytest.mark.parametrize("k", [0, -1, 101, 10**9, "ten", 2.5, ""])
+def test_k_out_of_range_or_not_an_int_is_422(client, k):
+    _error(client.get(f"/users/{KNOWN_USER}/recommendations", params={"k": k}), 422, "k")
+    _error(client.post("/recommendations", json={"history": [10], "k": k}), 422, "k")
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"history": []}, "history"),
+        ({"history": list(range(10, 50)) * 6}, "history"),  # 240 > 200
+        ({"history": 10}, "history"),
+        ({"history": [10, None]}, "history.1.int"),
+        ({"history": [10, 1.5]}, "history.1.int"),
+        ({"history": [10, [11]]}, "history.1.int"),
+        ({}, "history"),
+        ({"history": [10], "extra": 1}, "extra"),
+        ({"history": [10], "user": "F"}, "user"),
+        ({"history": [10], "user": {"gender": "X"}}, "user.gender"),
+        ({"history": [10], "user": {"age": 7}}, "user.age"),
+        ({"history": [10], "user": {"occupation": 3}}, "user.occupation"),  # not in this model
+        ({"history": [10], "user": {"shoe_size": 44}}, "user.shoe_size"),
+        ([10, 11], "body"),
+        ("history", "body"),
+        (None, "body"),
+    ],
+)
+def test_bad_history_request_is_422_with_the_field(client, body, field):
+    _error(client.post("/recommendations", json=body), 422, field)
+
+
+@pytest.mark.parametrize(
+    "raw", [b"{bad json", b"", b'{"history": [10,]}', b"\xff\xfe", b"\xa3\n]<0\xff\xf0"]
+)
+def test_malformed_json_is_422(client, raw):
+    r = client.post("/recommendations", content=raw, headers={"content-type": "application/json"})
+    _error(r, 422, "body")
+
+
+@pytest.mark.parametrize(
+    "params, field",
+    [
+        ({"limit": 0}, "limit"),
+        ({"limit": 101}, "limit"),
+        ({"limit": "x"}, "limit"),
+        ({"q": "x" * 201}, "q"),
+    ],
+)
+def test_bad_search_is_422(client, params, field):
+    _error(client.get("/movies", params=params), 422, field)
+
+
+def test_unknown_route_and_method_are_json(client):
+    _error(client.get("/nope"), 404)
+    _error(client.delete("/recommendations"), 405)
+
+
+def test_an_internal_error_is_a_generic_500(recommender, monkeypatch, caplog):
+    from fastapi.testclient import TestClient
+
+    from bstrec.serve.app import create_app
+
+    app = create_app(recommender)
+    svc = app.state.service
+
+    def boom(*_a, **_k):
+        raise RuntimeError("secret internals /home/x/model.py line 1")
+
+    monkeypatch.setattr(svc.rec, "for_user", boom)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        r = c.get(f"/users/{KNOWN_USER}/recommendations")
+    assert r.status_code == 500
+    assert r.json() == {"detail": "internal server error", "field": None}
+    assert "secret" not in r.text
+    assert "secret internals" in caplog.text, "the cause is logged on the server"
+
+
+def test_serve_command_is_registered_and_binds_loopback_by_default():
+    from typer.testing import CliRunner
+
+    from bstrec.cli import app
+    from bstrec.commands.serve import _is_loopback
+
+    out = CliRunner().invoke(app, ["serve", "--help"])
+    assert out.exit_code == 0 and "127.0.0.1" in out.output
+    assert _is_loopback("127.0.0.1") and _is_loopback("::1") and _is_loopback("localhost")
+    assert not _is_loopback("0.0.0.0") and not _is_loopback("example.org")
+
+
+def test_serve_command_fails_cleanly_without_a_run(tmp_path):
+    from typer.testing import CliRunner
+
+    from bstrec.cli import app
+
+    out = CliRunner().invoke(app, ["serve", str(tmp_path)])
+    assert out.exit_code == 1 and "not a run folder" in out.output
