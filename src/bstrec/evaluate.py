@@ -50,7 +50,7 @@ def ranking_metrics(ranks: np.ndarray) -> dict[str, float]:
 
 @torch.no_grad()
 def evaluate_ranking(model: Recommender, store: SequenceStore, target_rows: np.ndarray,
-                     max_len: int, batch_size: int = 256, device="cpu") -> dict:
+                     max_len: int, batch_size: int = 64, device="cpu") -> dict:
     """Protocol R over the given target rows (one per user)."""
     model.eval()
     t0 = time.perf_counter()

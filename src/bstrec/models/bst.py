@@ -231,7 +231,9 @@ class BST(Recommender):
         att_first = None
         has_hist = mask.any(1)[:, None, None]  # (B, 1, 1)
         for i, blk in enumerate(self.blocks):
-            _, k_h, v_h = (blk.split(z) for z in blk.qkv(h).chunk(3, -1))  # (B, H, L, dh)
+            d = h.shape[-1]  # history queries are never read: project keys and values only
+            kv = F.linear(h, blk.qkv.weight[d:], blk.qkv.bias[d:])
+            k_h, v_h = (blk.split(z) for z in kv.chunk(2, -1))  # (B, H, L, dh)
             q_t, k_t, v_t = (blk.split(z) for z in blk.qkv(t).chunk(3, -1))  # (1|B, H, C, dh)
             q_t = q_t / math.sqrt(q_t.shape[-1])
             s_h = q_t @ k_h.transpose(-1, -2)  # (B, H, C, L)
