@@ -24,7 +24,7 @@ class QuickstartResult:
 
 
 def quickstart(ds: Dataset, out: Path, minutes: float = 10.0, user=None,
-               log: Callable[[str], None] = print) -> QuickstartResult:
+               log: Callable[[str], None] = print, progress: bool = True) -> QuickstartResult:
     from bstrec.data.stats import describe
 
     result = QuickstartResult(data=describe(ds))
@@ -35,6 +35,7 @@ def quickstart(ds: Dataset, out: Path, minutes: float = 10.0, user=None,
         cfg = RunConfig()
         cfg.model.name = name
         cfg.train.max_minutes = minutes
+        cfg.train.progress = progress
         log(f"training {name}" + (f" (at most {minutes:g} minutes)" if name == "bst" else ""))
         res = train(cfg, ds, out / name, log=log)
         run = load_run(out / name)  # the checkpoint chosen on validation

@@ -32,7 +32,7 @@ def quickstart(
             download(data)  # offline, this fails fast and says how to import the zip by hand
         ds = load_dataset(data)
         log = (lambda _m: None) if json_out else typer.echo
-        result = run(ds, out, minutes=minutes, user=user, log=log)
+        result = run(ds, out, minutes=minutes, user=user, log=log, progress=not json_out)
     if json_out:
         emit_json({"data": result.data, "test_protocol_R": result.table,
                    "run_dir": result.run_dir, "example": result.example.to_dict()})
