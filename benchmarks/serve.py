@@ -118,6 +118,7 @@ def run_load(base: str, requests: list[tuple], clients: int, deadline: float) ->
     import httpx
 
     lat: list[float] = []
+    server = {"queue": [], "model": []}  # from the Server-Timing header, ms
     errors: list[str] = []
     lock = threading.Lock()
     todo = iter(requests)
@@ -133,13 +134,17 @@ def run_load(base: str, requests: list[tuple], clients: int, deadline: float) ->
                 t = time.perf_counter()
                 try:
                     r = http.request(method, path, json=body)
+                    ms = (time.perf_counter() - t) * 1e3
                     ok = r.status_code == 200 and r.json().get("picks")
                     err = None if ok else f"{r.status_code} {r.text[:200]}"
                 except httpx.HTTPError as e:
+                    ms = (time.perf_counter() - t) * 1e3
                     err = f"{type(e).__name__}: {e}"
-                ms = (time.perf_counter() - t) * 1e3
+                timing = parse_server_timing(r.headers.get("server-timing", "")) if not err else {}
                 with lock:
                     lat.append(ms)
+                    for name, dur in timing.items():
+                        server.setdefault(name, []).append(dur)
                     if err:
                         errors.append(err)
 
@@ -160,8 +165,25 @@ def run_load(base: str, requests: list[tuple], clients: int, deadline: float) ->
         "max_ms": round(lat[-1], 2) if lat else None,
         "rps": round(len(lat) / wall, 1),
         "wall_s": round(wall, 2),
+        # where the time went, server side: waiting for the model, and in it
+        "queue_p50_ms": _p50(server["queue"]),
+        "model_p50_ms": _p50(server["model"]),
         "first_error": errors[0] if errors else None,
     }
+
+
+def _p50(values: list[float]) -> float | None:
+    return round(percentile(sorted(values), 50), 2) if values else None
+
+
+def parse_server_timing(header: str) -> dict[str, float]:
+    """'queue;dur=0.12, model;dur=9.5' -> {'queue': 0.12, 'model': 9.5}"""
+    out = {}
+    for part in header.split(","):
+        name, _, dur = part.strip().partition(";dur=")
+        if dur:
+            out[name] = float(dur)
+    return out
 
 
 def main() -> int:

@@ -102,6 +102,17 @@ def test_known_user_recommendations(client, recommender):
     assert body == recommender.for_user(KNOWN_USER, 7).to_dict()
 
 
+def test_recommendations_say_how_long_the_model_took(client):
+    import re
+
+    for r in (
+        client.get(f"/users/{KNOWN_USER}/recommendations"),
+        client.post("/recommendations", json={"history": [10, 11]}),
+    ):
+        timing = r.headers["server-timing"]
+        assert re.fullmatch(r"queue;dur=[0-9.]+, model;dur=[0-9.]+", timing), timing
+
+
 def test_known_user_details(client):
     u = client.get(f"/users/{KNOWN_USER}", params={"limit": 4}).json()
     assert u["user_id"] == KNOWN_USER and u["n_ratings"] == 12
@@ -181,9 +192,9 @@ def test_k_out_of_range_or_not_an_int_is_422(client, k):
         ({"history": []}, "history"),
         ({"history": list(range(10, 50)) * 6}, "history"),  # 240 > 200
         ({"history": 10}, "history"),
-        ({"history": [10, None]}, "history.1.int"),
-        ({"history": [10, 1.5]}, "history.1.int"),
-        ({"history": [10, [11]]}, "history.1.int"),
+        ({"history": [10, None]}, "history.1"),
+        ({"history": [10, 1.5]}, "history.1"),
+        ({"history": [10, [11]]}, "history.1"),
         ({}, "history"),
         ({"history": [10], "extra": 1}, "extra"),
         ({"history": [10], "user": "F"}, "user"),
@@ -191,6 +202,8 @@ def test_k_out_of_range_or_not_an_int_is_422(client, k):
         ({"history": [10], "user": {"age": 7}}, "user.age"),
         ({"history": [10], "user": {"occupation": 3}}, "user.occupation"),  # not in this model
         ({"history": [10], "user": {"shoe_size": 44}}, "user.shoe_size"),
+        ({"history": [10], "user": {"gender": 1.5}}, "user.gender"),
+        ({"history": [10], "user": {"zip": {"a": 1}}}, "user.zip"),
         ([10, 11], "body"),
         ("history", "body"),
         (None, "body"),

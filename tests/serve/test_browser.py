@@ -78,8 +78,11 @@ def test_build_a_history_and_get_recommendations(page, tmp_path):
     page.press("#search", "Enter")
     page.locator('#search-results li[data-movie-id="13"]').get_by_role("button", name="Add").click()
     expect(page.locator("#history-draft li")).to_have_count(2)
+    page.select_option("#feat-gender", "F")  # demographics from /health go along
     page.select_option("#k", "5")
-    page.click("#history-go")
+    with page.expect_request("**/recommendations") as sent:
+        page.click("#history-go")
+    assert sent.value.post_data_json == {"history": [12, 13], "k": 5, "user": {"gender": "F"}}
 
     cards = page.locator("#recs li.card")
     expect(cards).to_have_count(5)

@@ -44,9 +44,9 @@ def test_api_never_fails_on_generated_input(api_schema, method, path):
         GenerationMode.NEGATIVE
     )
 
-    # bounded: 6 operations x 50 examples take a few seconds
+    # bounded: 6 operations x 100 examples: about 10 s
     @settings(
-        max_examples=50,
+        max_examples=100,
         deadline=None,
         derandomize=True,
         database=None,

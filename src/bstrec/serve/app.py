@@ -20,12 +20,15 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 import unicodedata
+from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
@@ -106,13 +109,21 @@ class Health(BaseModel):
     )
 
 
-class UserFeatures(BaseModel):
-    """Optional demographics of a person not in the data (values as in the data set)."""
+FeatureValue = int | Annotated[str, Field(max_length=64)]
 
-    model_config = ConfigDict(extra="forbid")
-    gender: Annotated[str, Field(max_length=64)] | None = None
-    age: int | Annotated[str, Field(max_length=64)] | None = None
-    occupation: int | Annotated[str, Field(max_length=64)] | None = None
+
+class UserFeatures(BaseModel):
+    """Optional demographics of a person not in the data, with values as GET /health lists
+    them (MovieLens 1M: age "25-34", gender "F", occupation "12"). A data set may have
+    others (ML-1M also has zip1, the first digit of the zip code): pass them by name."""
+
+    # the user features are the data set's, so other names are allowed and then
+    # checked against the model's list, with an error naming the field
+    model_config = ConfigDict(extra="allow")
+    __pydantic_extra__: dict[str, FeatureValue]
+    gender: FeatureValue | None = None
+    age: FeatureValue | None = None
+    occupation: FeatureValue | None = None
 
 
 class HistoryRequest(BaseModel):
@@ -232,12 +243,24 @@ class Service:
             "history": history,
         }
 
-    def for_user(self, raw: str, k: int) -> dict:
-        self._user_index(raw)
+    @contextmanager
+    def model_turn(self, timing: Callable[[str], None] | None):
+        """Hold the model; report the wait for it and the time with it (ms)."""
+        t0 = time.perf_counter()
         with self.lock:
-            return self.rec.for_user(raw, k).to_dict()
+            t1 = time.perf_counter()
+            yield
+            t2 = time.perf_counter()
+        if timing is not None:
+            timing(f"queue;dur={(t1 - t0) * 1e3:.2f}, model;dur={(t2 - t1) * 1e3:.2f}")
 
-    def for_history(self, req: HistoryRequest) -> dict:
+    def for_user(self, raw: str, k: int, timing=None) -> dict:
+        self._user_index(raw)
+        with self.model_turn(timing):
+            recs = self.rec.for_user(raw, k)
+        return recs.to_dict()  # pure Python: let the next request have the model meanwhile
+
+    def for_history(self, req: HistoryRequest, timing=None) -> dict:
         missing = [m for m in req.history if str(m) not in self.rec.item_pos]
         if missing:
             missing = list(dict.fromkeys(missing))
@@ -252,12 +275,13 @@ class Service:
             )
         features = self._features(req.user)
         try:
-            with self.lock:
-                return self.rec.for_history(list(req.history), req.k, features).to_dict()
+            with self.model_turn(timing):
+                recs = self.rec.for_history(list(req.history), req.k, features)
         except UnknownIdError as e:  # checked above; kept for a race-free guarantee
             raise ApiError(422, str(e), "history", list(e.ids)) from None
         except DataError as e:
             raise ApiError(422, str(e), "user") from None
+        return recs.to_dict()
 
     def health(self) -> dict:
         run = self.rec.run
@@ -365,10 +389,15 @@ def create_app(source: str | Path | Recommender) -> FastAPI:
         tags=["recommendations"],
     )
     def recommend_for_user(
-        user_id: str = PathParam(max_length=64), k: int = Query(10, ge=1, le=MAX_K)
+        response: Response,
+        user_id: str = PathParam(max_length=64),
+        k: int = Query(10, ge=1, le=MAX_K),
     ) -> dict:
-        """Top-k movies a known user has not watched, each with what drove it."""
-        return svc.for_user(user_id, k)
+        """Top-k movies a known user has not watched, each with what drove it.
+
+        The Server-Timing header says how long the request waited for the model and
+        how long the model took (ms)."""
+        return svc.for_user(user_id, k, _timing_header(response))
 
     @app.post(
         "/recommendations",
@@ -376,9 +405,11 @@ def create_app(source: str | Path | Recommender) -> FastAPI:
         responses=ERRORS,
         tags=["recommendations"],
     )
-    def recommend_for_history(req: HistoryRequest) -> dict:
-        """Top-k for anyone, from a list of watched movies (newest last)."""
-        return svc.for_history(req)
+    def recommend_for_history(req: HistoryRequest, response: Response) -> dict:
+        """Top-k for anyone, from a list of watched movies (newest last).
+
+        Server-Timing as for a known user."""
+        return svc.for_history(req, _timing_header(response))
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
@@ -449,7 +480,20 @@ def _field(loc: tuple | list) -> str | None:
     parts = [str(p) for p in loc]
     if len(parts) > 1 and parts[0] in ("body", "query", "path", "header", "cookie"):
         parts = parts[1:]
+    # pydantic names the member of an `int | str` union that failed: not a field
+    while len(parts) > 1 and parts[-1] in _UNION_TAGS:
+        parts.pop()
     return ".".join(parts) or None
+
+
+_UNION_TAGS = {"int", "str", "constrained-str", "float", "bool", "list", "dict", "none"}
+
+
+def _timing_header(response: Response) -> Callable[[str], None]:
+    def set_header(value: str) -> None:
+        response.headers["Server-Timing"] = value
+
+    return set_header
 
 
 def _plain(v):

@@ -115,7 +115,8 @@ function renderRecommendations(res, who) {
       : "")));
   $("recs-empty").hidden = res.picks.length > 0;
   if (!res.picks.length) $("recs-empty").textContent = "Nothing left to recommend.";
-  $("recent-title").textContent = `Recent history of ${who} (newest first)`;
+  $("recent-title").textContent = res.user_id == null
+    ? "Your history (newest first)" : `Recent history of ${who} (newest first)`;
   $("recent").replaceChildren(...res.history.map((w) => el("li", {},
     movieLine(w),
     w.rating != null ? el("span", { class: "stars" }, `${w.rating}★`) : "",
