@@ -49,7 +49,7 @@ class TrainConfig:
     seed: int = 0
     epochs: int = 30
     batch_size: int = 512
-    lr: float = 2e-3
+    lr: float = 1e-2
     weight_decay: float = 0.01
     optimizer: str = "adamw"  # adamw | adagrad (paper)
     loss: str = "sampled-softmax"  # ranking: sampled-softmax | bce; rating: mse

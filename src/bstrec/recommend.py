@@ -73,6 +73,8 @@ class Recommender:
     def __init__(self, run: LoadedRun, explain_top: int = 3):
         self.run = run
         self.model = run.model.eval()
+        if hasattr(self.model, "freeze_catalog"):
+            self.model.freeze_catalog()  # the candidate side is the same for every request
         ds = run.dataset
         self.ds = ds
         self.max_len = run.config.data.max_len

@@ -107,6 +107,7 @@ def test_training_reduces_loss_on_a_learnable_chain():
     cfg.model.dim, cfg.model.heads, cfg.model.mlp = 16, 2, [16, 8]
     cfg.train.epochs, cfg.train.batch_size, cfg.train.negatives = 20, 64, 16
     cfg.train.progress, cfg.train.patience, cfg.train.lr = False, 10, 1e-2
+    cfg.train.threads = 1  # tiny tensors: a second thread only adds contention
     cfg.data.max_len = 5
     import tempfile
 
@@ -116,3 +117,14 @@ def test_training_reduces_loss_on_a_learnable_chain():
     assert losses[-1] < losses[0] * 0.7, losses
     # a chain is far easier than chance (1/43 hit rate at 1)
     assert result.best["HR@10"] > 0.5, result.best
+
+
+def test_frozen_catalogue_gives_the_same_scores_and_is_dropped_for_training():
+    model, batch, ds = make()
+    cands = torch.arange(1, ds.n_items + 1)
+    plain = model.score(batch, cands)
+    model.freeze_catalog()
+    assert model._frozen is not None
+    torch.testing.assert_close(model.score(batch, cands), plain, rtol=1e-5, atol=1e-6)
+    model.train()
+    assert model._frozen is None

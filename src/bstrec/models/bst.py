@@ -196,6 +196,39 @@ class BST(Recommender):
         return out + self.rating_offset if self.task == "rating" else out
 
     # ------------------------------------------------------------------ scoring
+    # ------------------------------------------------------------------ inference cache
+    _frozen: tuple | None = None
+
+    def freeze_catalog(self) -> None:
+        """Precompute the candidate side of the whole catalogue for inference.
+
+        A candidate's token and its first-block query, key and value do not depend on
+        the user, so a serving process computes them once instead of per request. The
+        cache is dropped when the model goes back to training or loads new weights.
+        """
+        self.eval()
+        with torch.no_grad():
+            tokens = torch.arange(1, self.n_items + 1, device=self.item_emb.weight.device)
+            t0 = self.target_tokens(tokens)  # (C, D)
+            blk = self.blocks[0]
+            q, k, v = (blk.split(z) for z in blk.qkv(t0[None]).chunk(3, -1))  # (1, H, C, dh)
+            self._frozen = (t0, (q / math.sqrt(q.shape[-1]), k, v))
+
+    def score_all(self, batch: Batch) -> torch.Tensor:
+        if self._frozen is not None and not self.training and self.cfg.output == "target":
+            tokens = torch.arange(1, self.n_items + 1, device=batch.user.device)
+            return self.score_cached(batch, tokens, frozen=self._frozen)[0]
+        return super().score_all(batch)
+
+    def train(self, mode: bool = True):
+        if mode:
+            self._frozen = None
+        return super().train(mode)
+
+    def load_state_dict(self, *args, **kwargs):
+        self._frozen = None
+        return super().load_state_dict(*args, **kwargs)
+
     def score(self, batch: Batch, candidates: torch.Tensor) -> torch.Tensor:
         scores, _ = self._score(batch, candidates, want_attention=False)
         return scores
@@ -213,15 +246,17 @@ class BST(Recommender):
         u = self.user_vector(batch)
         return self.mlp_user(u) if self.mlp_user is not None else None  # (B, H1)
 
-    def score_cached(self, batch: Batch, candidates: torch.Tensor, want_attention=False):
+    def score_cached(self, batch: Batch, candidates: torch.Tensor, want_attention=False,
+                     frozen: tuple | None = None):
         """Target-position output with history keys/values computed once per user.
 
-        candidates: (C,) shared by all users, or (B, C) per user.
+        candidates: (C,) shared by all users, or (B, C) per user. ``frozen``: the
+        catalogue's precomputed candidate side (see ``freeze_catalog``).
         """
         b = batch.hist_item.shape[0]
         h = self.history_tokens(batch)  # (B, L, D)
         mask = batch.hist_mask  # (B, L)
-        t0 = self.target_tokens(candidates)  # (C, D) or (B, C, D)
+        t0 = frozen[0] if frozen else self.target_tokens(candidates)  # (C, D) or (B, C, D)
         t = t0[None] if candidates.dim() == 1 else t0  # (1|B, C, D)
         # History tokens attend only to history, so every block's history states are
         # candidate-independent. Rows of all-padding histories would softmax to NaN:
@@ -234,8 +269,11 @@ class BST(Recommender):
             d = h.shape[-1]  # history queries are never read: project keys and values only
             kv = F.linear(h, blk.qkv.weight[d:], blk.qkv.bias[d:])
             k_h, v_h = (blk.split(z) for z in kv.chunk(2, -1))  # (B, H, L, dh)
-            q_t, k_t, v_t = (blk.split(z) for z in blk.qkv(t).chunk(3, -1))  # (1|B, H, C, dh)
-            q_t = q_t / math.sqrt(q_t.shape[-1])
+            if i == 0 and frozen:
+                q_t, k_t, v_t = frozen[1]
+            else:
+                q_t, k_t, v_t = (blk.split(z) for z in blk.qkv(t).chunk(3, -1))  # (1|B, H, C, dh)
+                q_t = q_t / math.sqrt(q_t.shape[-1])
             s_h = q_t @ k_h.transpose(-1, -2)  # (B, H, C, L)
             s_h = s_h.masked_fill(~mask[:, None, None, :], float("-inf"))
             s_t = (q_t * k_t).sum(-1, keepdim=True)  # (1|B, H, C, 1)
@@ -271,7 +309,8 @@ class BST(Recommender):
         t0 = self.target_tokens(candidates)  # (B, C, D)
         x = torch.cat([h[:, None].expand(-1, c, -1, -1), t0[:, :, None]], 2)  # (B, C, L+1, D)
         x = x.reshape(b * c, seq_len + 1, -1)  # one sequence per (user, candidate)
-        real = torch.cat([batch.hist_mask, torch.ones(b, 1, dtype=torch.bool)], 1)  # (B, L+1)
+        ones = torch.ones(b, 1, dtype=torch.bool, device=batch.hist_mask.device)
+        real = torch.cat([batch.hist_mask, ones], 1)  # (B, L+1)
         real = real.repeat_interleave(c, 0)  # (B*C, L+1)
         n = seq_len + 1
         if self.cfg.output == "target":
@@ -280,7 +319,7 @@ class BST(Recommender):
             allow[:, :-1, -1] = False
         else:
             allow = real[:, None, :].expand(-1, n, -1).clone()
-        eye = torch.eye(n, dtype=torch.bool)
+        eye = torch.eye(n, dtype=torch.bool, device=real.device)
         allow = allow | (~real[:, :, None] & eye)  # padded queries attend to themselves
         att_first = None
         attn_in = x
@@ -339,7 +378,8 @@ class BST(Recommender):
                 neg = neg - neg_logq[None, :]
             neg = neg.masked_fill(negatives[None, :] == batch.target[:, None], float("-inf"))
             logits = torch.cat([pos, neg], 1)
-            return F.cross_entropy(logits, torch.zeros(len(batch), dtype=torch.long))
+            target = torch.zeros(len(batch), dtype=torch.long, device=logits.device)
+            return F.cross_entropy(logits, target)
         if loss == "bce":
             # negatives (B, N) per positive, the paper's click-through loss
             cand = torch.cat([batch.target[:, None], negatives], 1)  # (B, 1 + N)
