@@ -73,7 +73,7 @@ def is_default_run(run: Path) -> tuple[bool, str]:
     return not notes, "; ".join(notes) or "default BST on ml-1m-u2999"
 
 
-def start_server(run: Path, port: int, threads: int) -> subprocess.Popen:
+def start_server(run: Path, port: int, threads: int, precompute: bool) -> subprocess.Popen:
     cmd = [
         sys.executable,
         "-m",
@@ -88,13 +88,14 @@ def start_server(run: Path, port: int, threads: int) -> subprocess.Popen:
         str(threads),
         "--log-level",
         "warning",
+        "--precompute" if precompute else "--no-precompute",
     ]
     return subprocess.Popen(
         cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
 
 
-def wait_ready(http, proc: subprocess.Popen, timeout: float = 120) -> dict:
+def wait_ready(http, proc: subprocess.Popen, timeout: float = 600) -> dict:
     import httpx
 
     end = time.monotonic() + timeout
@@ -195,6 +196,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1, help="server's torch threads")
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--precompute", action=argparse.BooleanOptionalAction, default=True,
+                    help="server ranks every known user at start-up (its default)")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
     import httpx
@@ -214,7 +217,7 @@ def main() -> int:
     deadline = time.monotonic() + TIME_LIMIT_S
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    proc = start_server(run, port, args.threads)
+    proc = start_server(run, port, args.threads, args.precompute)
     try:
         with httpx.Client(base_url=base, timeout=30) as http:
             t = time.perf_counter()
@@ -230,6 +233,7 @@ def main() -> int:
                 default_model=default,
                 note=note,
                 server_threads=args.threads,
+                precompute=args.precompute,
                 clients=args.clients,
                 startup_s=round(start_s, 2),
                 cpus=os.cpu_count(),

@@ -86,3 +86,20 @@ def test_evaluate_cli_labels_its_protocol(run_dir):
     assert r.exit_code == 0, r.output
     body = json.loads(r.output)
     assert body["protocol"] == "R" and body["users"] == 30 and 0 <= body["NDCG@10"] <= 1
+
+
+def test_precomputed_rankings_match_on_demand_ones(run_dir):
+    out, ds = run_dir
+    fresh = Recommender(load_run(out))
+    batched = Recommender(load_run(out))
+    batched.precompute(batch_size=7)
+    assert len(batched._ranked) == ds.n_users
+    uncached = Recommender(load_run(out), cache_k=0)  # k > cache_k: scored per request
+    for u in (0, 5, 17):
+        raw = int(ds.user_ids[u])
+        a, b, c = (r.for_user(raw, k=6).to_dict() for r in (fresh, batched, uncached))
+        assert [p["movie_id"] for p in a["picks"]] == [p["movie_id"] for p in b["picks"]]
+        assert [p["movie_id"] for p in a["picks"]] == [p["movie_id"] for p in c["picks"]]
+        for pa, pb in zip(a["picks"], b["picks"], strict=True):
+            assert pa["score"] == pytest.approx(pb["score"], abs=1e-4)
+            assert pa["because"] == pb["because"]

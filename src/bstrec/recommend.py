@@ -70,7 +70,7 @@ class Recommender:
     """Loaded once, answers many requests. Inference is serialized by the caller
     (torch modules are not guaranteed thread-safe across concurrent forward passes)."""
 
-    def __init__(self, run: LoadedRun, explain_top: int = 3):
+    def __init__(self, run: LoadedRun, explain_top: int = 3, cache_k: int = 100):
         self.run = run
         self.model = run.model.eval()
         if hasattr(self.model, "freeze_catalog"):
@@ -82,6 +82,8 @@ class Recommender:
         self.user_pos = {str(u): i for i, u in enumerate(ds.user_ids.tolist())}
         self.item_pos = {str(m): i for i, m in enumerate(ds.item_ids.tolist())}
         self.explain_top = explain_top
+        self.cache_k = cache_k  # known users' rankings are kept to this depth
+        self._ranked: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.all_items = torch.arange(1, ds.n_items + 1)
 
     # ---------------------------------------------------------------- lookups
@@ -126,13 +128,48 @@ class Recommender:
         return codes
 
     # ---------------------------------------------------------------- recommend
+    def _seen(self, u: int) -> np.ndarray:
+        return self.ds.item[int(self.ds.user_offsets[u]) : int(self.ds.user_offsets[u + 1])]
+
+    @torch.no_grad()
+    def precompute(self, users: list[int] | None = None, batch_size: int = 64,
+                   progress=None) -> None:
+        """Rank the catalogue for known users ahead of requests (all users by default).
+
+        A run is immutable while it is served, so a known user's ranking never changes:
+        computing it once in batches (several users per forward pass) is cheaper than
+        per request, and requests then only explain their top k.
+        """
+        todo = [u for u in (range(self.ds.n_users) if users is None else users)
+                if u not in self._ranked]
+        for s in range(0, len(todo), batch_size):
+            chunk = todo[s : s + batch_size]
+            batch = self.store.batch_for_users(torch.tensor(chunk), self.max_len)
+            scores = self.model.score_all(batch)  # (B, n_items)
+            for row, u in enumerate(chunk):
+                self._ranked[u] = self._rank(scores[row], self._seen(u))
+            if progress is not None:
+                progress(min(s + batch_size, len(todo)), len(todo))
+
+    def _rank(self, scores: torch.Tensor, seen: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        scores = scores.clone()
+        scores[torch.as_tensor(seen, dtype=torch.long)] = float("-inf")
+        k = min(self.cache_k, int(torch.isfinite(scores).sum()))
+        top = torch.topk(scores, k)
+        return top.indices, top.values
+
     @torch.no_grad()
     def for_user(self, raw_user, k: int = 10, history_shown: int = 10) -> Recommendations:
         u = self.user_index(raw_user)
         batch = self.store.batch_for_users(torch.tensor([u]), self.max_len)
         lo, hi = int(self.ds.user_offsets[u]), int(self.ds.user_offsets[u + 1])
-        seen = self.ds.item[lo:hi]
-        picks = self._top_k(batch, seen, k)
+        if u not in self._ranked:
+            self._ranked[u] = self._rank(self.model.score_all(batch)[0], self._seen(u))
+        if k <= self.cache_k:
+            idx, vals = self._ranked[u]
+            picks = self._picks(batch, idx[:k], vals[:k])
+        else:
+            picks = self._top_k(batch, self._seen(u), k)
         hist = [
             Watched(**asdict(self.movie(int(self.ds.item[r]))),
                     rating=_rating(self.ds.rating[r]), time=_iso(self.ds.timestamp[r]))
@@ -162,11 +199,12 @@ class Recommender:
         scores[torch.as_tensor(seen, dtype=torch.long)] = float("-inf")
         k = min(k, int(torch.isfinite(scores).sum()))
         top = torch.topk(scores, k)
-        tokens = top.indices + 1
-        weights = self.model.explain(batch, tokens)  # (1, k, L) or None
+        return self._picks(batch, top.indices, top.values)
+
+    def _picks(self, batch: Batch, indices: torch.Tensor, values: torch.Tensor) -> list[Pick]:
+        weights = self.model.explain(batch, indices + 1)  # (1, k, L) or None
         picks = []
-        for j, (idx, s) in enumerate(zip(top.indices.tolist(), top.values.tolist(),
-                                         strict=True)):
+        for j, (idx, s) in enumerate(zip(indices.tolist(), values.tolist(), strict=True)):
             because = []
             if weights is not None:
                 w = weights[0, j]

@@ -28,6 +28,12 @@ def serve(
         help="torch threads per forward pass (1 suits a small machine)",
     ),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level"),
+    precompute: bool = typer.Option(
+        True,
+        "--precompute/--no-precompute",
+        help="Rank the catalogue for every known user at start-up (batched), so a "
+        "known-user request only explains its top k",
+    ),
 ) -> None:
     """Serve recommendations over HTTP (JSON API, docs at /docs, web page at /)."""
     try:
@@ -51,7 +57,18 @@ def serve(
     torch.set_num_threads(threads)
     # RuntimeError: weights that do not fit this version's model (torch's message says how)
     with fail_cleanly((ValueError, RuntimeError)):
-        app = create_app(run_dir)
+        from bstrec.recommend import Recommender
+        from bstrec.run_dir import load_run
+
+        rec = Recommender(load_run(run_dir))
+        if precompute:
+            import time
+
+            t0 = time.perf_counter()
+            rec.precompute()
+            typer.echo(f"ranked the catalogue for {len(rec._ranked):,} known users in "
+                       f"{time.perf_counter() - t0:.1f}s", err=True)
+        app = create_app(rec)
     if not _is_loopback(host):
         typer.echo(
             f"warning: binding {host}: the API is reachable from other machines, "
