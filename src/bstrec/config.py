@@ -23,7 +23,7 @@ class ModelConfig:
     task: str = "ranking"  # ranking | rating
     dim: int = 64  # token embedding width D
     blocks: int = 1  # transformer blocks (paper: 1)
-    heads: int = 2  # attention heads (paper: 8; each head costs per candidate)
+    heads: int = 4  # attention heads (paper: 8; each head costs per candidate)
     ffn_mult: int = 2  # feed-forward width = ffn_mult * D
     dropout: float = 0.1  # on history token embeddings (computed once per user: cheap)
     # on residuals and the MLP, which run once per (user, candidate) pair: random masks
@@ -47,11 +47,14 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     seed: int = 0
-    epochs: int = 30
+    epochs: int = 6  # also the horizon of the cosine schedule
     batch_size: int = 512
     lr: float = 1e-2
     weight_decay: float = 0.01
     optimizer: str = "adamw"  # adamw | adagrad (paper)
+    schedule: str = "cosine"  # constant | cosine: decay to min_lr_fraction over `epochs`
+    warmup_steps: int = 100
+    min_lr_fraction: float = 0.05
     loss: str = "sampled-softmax"  # ranking: sampled-softmax | bce; rating: mse
     negatives: int = 64  # sampled negatives per batch (shared) or per positive (bce)
     sampler: str = "uniform"  # uniform | popularity

@@ -340,9 +340,9 @@ class Trainer:
         self.sampler = _SharedNegatives(
             NegativeSampler(cfg.train.sampler, ds.n_items, counts, self.gen))
         self.opt = _optimizer(cfg, self.model)
-        self.scheduler = None  # none configured yet; checkpoints carry one when there is
         self.shards = EpochShards(rows, cfg.train.batch_size, cfg.train.seed, ctx.rank,
                                   ctx.world)
+        self.scheduler = _scheduler(cfg, self.opt, len(self.shards))
         self.best_state: dict | None = None
         self.loss_model = self.model
         if ctx.enabled:
@@ -426,8 +426,14 @@ class Trainer:
         self.opt.load_state_dict(ck["optimizer"])
         for group in self.opt.param_groups:  # e.g. a lower lr after a non-finite loss
             group["lr"], group["weight_decay"] = self.cfg.train.lr, self.cfg.train.weight_decay
+            group["initial_lr"] = self.cfg.train.lr
         if self.scheduler is not None and ck.get("scheduler") is not None:
             self.scheduler.load_state_dict(ck["scheduler"])
+            # the schedule's factor at the saved step, applied to the (possibly new) base lr
+            self.scheduler.base_lrs = [self.cfg.train.lr] * len(self.opt.param_groups)
+            f = self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
+            for group in self.opt.param_groups:
+                group["lr"] = self.cfg.train.lr * f
         self.best_state = ck.get("best_model")
         _restore_rng(self.ctx, self.gen, ck["rng"], int(ck.get("world_size", 1)),
                      self.cfg.train.seed, log)
@@ -550,6 +556,24 @@ def _fit_baseline(cfg, ds, out, split, store, cat, ctx) -> TrainResult:
         save_model(out, model, cfg, cat)
         _write_summary(out, cfg, ds, result)
     return result
+
+
+def _scheduler(cfg: RunConfig, opt: torch.optim.Optimizer, steps_per_epoch: int):
+    """Linear warm-up, then constant or cosine decay over the planned epochs."""
+    t = cfg.train
+    if t.schedule not in ("constant", "cosine"):
+        raise ValueError(f"train.schedule must be constant or cosine, not {t.schedule!r}")
+    total = max(1, steps_per_epoch * t.epochs)
+    warm = max(1, t.warmup_steps)
+    floor = t.min_lr_fraction
+
+    def factor(step: int) -> float:
+        f = min(1.0, (step + 1) / warm)
+        if t.schedule == "cosine":
+            f *= floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+        return f
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
 def _optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
