@@ -108,6 +108,7 @@ def test_training_reduces_loss_on_a_learnable_chain():
     cfg.train.epochs, cfg.train.batch_size, cfg.train.negatives = 20, 64, 16
     cfg.train.progress, cfg.train.patience, cfg.train.lr = False, 10, 1e-2
     cfg.train.threads = 1  # tiny tensors: a second thread only adds contention
+    cfg.train.schedule, cfg.train.warmup_steps = "constant", 1  # learning, not the schedule
     cfg.data.max_len = 5
     import tempfile
 
