@@ -132,7 +132,10 @@ def main(argv=None) -> int:
     p.add_argument("--set", action="append", default=[], help="config override for BST")
     p.add_argument("--ranking-run", type=Path, help="evaluate this finished run, don't train")
     p.add_argument("--rating-run", type=Path, help="evaluate this finished run, don't train")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     data = Path(args.data)
     if not data.exists():
         print(f"skipped: data not found at {data} (needs ../shared/data/ml-1m-u2999)")

@@ -87,7 +87,10 @@ def main(argv=None) -> int:
     p.add_argument("--data", default=str(DEFAULT_DATA))
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--set", action="append", default=[], help="config override")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if not Path(args.data).exists():
         print(f"skipped: data not found at {args.data} (needs ../shared/data/ml-1m-u2999)")
         return 0
