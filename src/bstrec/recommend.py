@@ -84,6 +84,7 @@ class Recommender:
         self.explain_top = explain_top
         self.cache_k = cache_k  # known users' rankings are kept to this depth
         self._ranked: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._explained: dict[int, list[list[Because]]] = {}  # per user, per ranked pick
         self.all_items = torch.arange(1, ds.n_items + 1)
 
     # ---------------------------------------------------------------- lookups
@@ -134,20 +135,30 @@ class Recommender:
     @torch.no_grad()
     def precompute(self, users: list[int] | None = None, batch_size: int = 64,
                    progress=None) -> None:
-        """Rank the catalogue for known users ahead of requests (all users by default).
+        """Rank and explain the catalogue for known users ahead of requests.
 
-        A run is immutable while it is served, so a known user's ranking never changes:
-        computing it once in batches (several users per forward pass) is cheaper than
-        per request, and requests then only explain their top k.
+        A run is immutable while it is served, so a known user's ranking and the
+        reasons for it never change: computing them once in batches (several users per
+        forward pass) is cheaper than per request, and a request for a precomputed user
+        needs no model call at all (``cached_for_user``).
         """
         todo = [u for u in (range(self.ds.n_users) if users is None else users)
-                if u not in self._ranked]
+                if u not in self._explained]
         for s in range(0, len(todo), batch_size):
             chunk = todo[s : s + batch_size]
             batch = self.store.batch_for_users(torch.tensor(chunk), self.max_len)
             scores = self.model.score_all(batch)  # (B, n_items)
+            ranked = [self._rank(scores[row], self._seen(u)) for row, u in enumerate(chunk)]
+            for u, r in zip(chunk, ranked, strict=True):
+                self._ranked[u] = r
+            k = min(len(idx) for idx, _ in ranked)
+            if k == 0:
+                continue
+            cands = torch.stack([idx[:k] for idx, _ in ranked]) + 1  # (B, k)
+            weights = self.model.explain(batch, cands)  # (B, k, L) or None
             for row, u in enumerate(chunk):
-                self._ranked[u] = self._rank(scores[row], self._seen(u))
+                w = None if weights is None else weights[row]
+                self._explained[u] = self._reasons(w, batch.hist_item[row])
             if progress is not None:
                 progress(min(s + batch_size, len(todo)), len(todo))
 
@@ -158,11 +169,50 @@ class Recommender:
         top = torch.topk(scores, k)
         return top.indices, top.values
 
+    def _reasons(self, weights: torch.Tensor | None, hist_item: torch.Tensor) -> list[list]:
+        """Per pick, the (up to explain_top) watched movies that weighed most: Because."""
+        if weights is None:
+            return [[] for _ in range(self.cache_k)]
+        top_w, top_pos = weights.topk(min(self.explain_top, weights.shape[-1]), dim=-1)
+        out = []
+        for ws, ps in zip(top_w.tolist(), top_pos.tolist(), strict=True):
+            because = []
+            for w, pos in zip(ws, ps, strict=True):
+                tok = int(hist_item[pos])
+                if tok > 0 and w > 0:
+                    because.append(Because(**asdict(self.movie(tok - 1)), weight=round(w, 4)))
+            out.append(because)
+        return out
+
+    def _history(self, u: int, shown: int) -> list[Watched]:
+        lo, hi = int(self.ds.user_offsets[u]), int(self.ds.user_offsets[u + 1])
+        return [
+            Watched(**asdict(self.movie(int(self.ds.item[r]))),
+                    rating=_rating(self.ds.rating[r]), time=_iso(self.ds.timestamp[r]))
+            for r in range(hi - 1, max(lo, hi - shown) - 1, -1)
+        ]
+
+    def cached_for_user(self, raw_user, k: int = 10,
+                        history_shown: int = 10) -> Recommendations | None:
+        """A precomputed user's answer without touching the model; None if not cached."""
+        u = self.user_index(raw_user)
+        reasons = self._explained.get(u)
+        if reasons is None or k > len(reasons):
+            return None
+        idx, vals = self._ranked[u]
+        picks = [Pick(**asdict(self.movie(i)), score=round(v, 4), because=list(b))
+                 for i, v, b in zip(idx[:k].tolist(), vals[:k].tolist(), reasons[:k],
+                                    strict=False)]
+        return Recommendations(_raw(self.ds.user_ids[u]), picks, self._history(u, history_shown),
+                               self.model.task)
+
     @torch.no_grad()
     def for_user(self, raw_user, k: int = 10, history_shown: int = 10) -> Recommendations:
+        cached = self.cached_for_user(raw_user, k, history_shown)
+        if cached is not None:
+            return cached
         u = self.user_index(raw_user)
         batch = self.store.batch_for_users(torch.tensor([u]), self.max_len)
-        lo, hi = int(self.ds.user_offsets[u]), int(self.ds.user_offsets[u + 1])
         if u not in self._ranked:
             self._ranked[u] = self._rank(self.model.score_all(batch)[0], self._seen(u))
         if k <= self.cache_k:
@@ -170,12 +220,8 @@ class Recommender:
             picks = self._picks(batch, idx[:k], vals[:k])
         else:
             picks = self._top_k(batch, self._seen(u), k)
-        hist = [
-            Watched(**asdict(self.movie(int(self.ds.item[r]))),
-                    rating=_rating(self.ds.rating[r]), time=_iso(self.ds.timestamp[r]))
-            for r in range(hi - 1, max(lo, hi - history_shown) - 1, -1)
-        ]
-        return Recommendations(_raw(self.ds.user_ids[u]), picks, hist, self.model.task)
+        return Recommendations(_raw(self.ds.user_ids[u]), picks, self._history(u, history_shown),
+                               self.model.task)
 
     @torch.no_grad()
     def for_history(self, raw_items: list, k: int = 10,
@@ -203,20 +249,9 @@ class Recommender:
 
     def _picks(self, batch: Batch, indices: torch.Tensor, values: torch.Tensor) -> list[Pick]:
         weights = self.model.explain(batch, indices + 1)  # (1, k, L) or None
-        picks = []
-        for j, (idx, s) in enumerate(zip(indices.tolist(), values.tolist(), strict=True)):
-            because = []
-            if weights is not None:
-                w = weights[0, j]
-                order = torch.argsort(w, descending=True)[: self.explain_top]
-                for pos in order.tolist():
-                    tok = int(batch.hist_item[0, pos])
-                    if tok > 0 and w[pos] > 0:
-                        because.append(Because(**asdict(self.movie(tok - 1)),
-                                               weight=round(float(w[pos]), 4)))
-            picks.append(Pick(**asdict(self.movie(idx)), score=round(float(s), 4),
-                              because=because))
-        return picks
+        reasons = self._reasons(None if weights is None else weights[0], batch.hist_item[0])
+        return [Pick(**asdict(self.movie(i)), score=round(v, 4), because=b)
+                for i, v, b in zip(indices.tolist(), values.tolist(), reasons, strict=False)]
 
 
 def _raw(v):

@@ -256,6 +256,13 @@ class Service:
 
     def for_user(self, raw: str, k: int, timing=None) -> dict:
         self._user_index(raw)
+        # a user ranked at start-up (`bstrec serve --precompute`) needs no model call,
+        # so no turn at the lock either: the cached answer is read-only
+        recs = self.rec.cached_for_user(raw, k)
+        if recs is not None:
+            if timing is not None:
+                timing("queue;dur=0.00, model;dur=0.00")
+            return recs.to_dict()
         with self.model_turn(timing):
             recs = self.rec.for_user(raw, k)
         return recs.to_dict()  # pure Python: let the next request have the model meanwhile
