@@ -47,7 +47,7 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     seed: int = 0
-    epochs: int = 6  # also the horizon of the cosine schedule
+    epochs: int = 10  # also the horizon of the cosine schedule (10 beat 6 on validation)
     batch_size: int = 512
     lr: float = 1e-2
     weight_decay: float = 0.01
