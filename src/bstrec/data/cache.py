@@ -62,19 +62,6 @@ def downloads_dir(explicit: str | os.PathLike | None = None) -> Path:
     return data_dir(explicit) / "downloads"
 
 
-# ---------------------------------------------------------------- atomic writes
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # ---------------------------------------------------------------- md5 memo
 def file_md5(path: Path, chunk: int = 1 << 22) -> str:
     h = hashlib.md5(usedforsecurity=False)
