@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from bstrec.atomic import atomic_write_bytes
 from bstrec.data import cache as cache_mod
 from bstrec.data.interactions import DataError, Dataset, build_dataset
 from bstrec.data.readers import (
@@ -173,7 +174,7 @@ def load_path(path: Path, opts: LoadOptions | None = None) -> Dataset:
             return ds
     ds.name = opts.name
     for memo, data in hashes.pending.items():
-        _write_quietly(lambda memo=memo, data=data: cache_mod.atomic_write_bytes(memo, data))
+        _write_quietly(lambda memo=memo, data=data: atomic_write_bytes(memo, data))
     return ds
 
 
