@@ -271,9 +271,14 @@ def check_ratings(r: np.ndarray, data: bytes, path: Path, skip_header: bool = Fa
 
 # ---------------------------------------------------------------- MovieLens 1M / 10M
 def read_ml1m_ratings(path: Path) -> tuple[dict[str, np.ndarray], str]:
+    return _read_separated_ratings(path, b"::")
+
+
+def _read_separated_ratings(path: Path, sep: bytes) -> tuple[dict[str, np.ndarray], str]:
+    """user, item, rating, timestamp per line, no header (ML-1M/10M and ML-100K)."""
     data = read_bytes(path)
     cols = parse_int_table(
-        data, path, b"::", ["user", "item", "rating", "timestamp"], float_cols=("rating",)
+        data, path, sep, ["user", "item", "rating", "timestamp"], float_cols=("rating",)
     )
     check_ratings(cols["rating"], data, path)
     return cols, md5_bytes(data)
@@ -359,12 +364,7 @@ def _ml1m_users_slow(text: str, path: Path) -> None:
 # ---------------------------------------------------------------- MovieLens 100K
 def read_ml100k_ratings(path: Path) -> tuple[dict[str, np.ndarray], str]:
     """``u.data``: user, item, rating, timestamp separated by tabs."""
-    data = read_bytes(path)
-    cols = parse_int_table(
-        data, path, b"\t", ["user", "item", "rating", "timestamp"], float_cols=("rating",)
-    )
-    check_ratings(cols["rating"], data, path)
-    return cols, md5_bytes(data)
+    return _read_separated_ratings(path, b"\t")
 
 
 def read_ml100k_items(path: Path) -> tuple[ItemTable, str]:
