@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import DEFAULT_DATA, emit  # benchmarks/common.py (the script's folder)
 
 from bstrec import load_dataset
 from bstrec.config import RunConfig
@@ -27,12 +28,6 @@ from bstrec.data.splits import seed_windows
 from bstrec.evaluate import evaluate_ranking, evaluate_rating
 from bstrec.models.factory import build_model, catalog_features, fit_baseline
 from bstrec.train import make_split, train
-
-DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "ml-1m-u2999"
-
-
-def emit(rec: dict) -> None:
-    print(json.dumps(rec), flush=True)
 
 
 def baselines(ds, split, store, max_len: int, which: list[str]) -> None:

@@ -16,13 +16,13 @@ Untrained weights are used: speed does not depend on their values.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from common import DEFAULT_DATA, emit  # benchmarks/common.py (the script's folder)
 from torch.utils.flop_counter import FlopCounterMode
 
 from bstrec import load_dataset
@@ -32,12 +32,6 @@ from bstrec.evaluate import evaluate_ranking
 from bstrec.models.factory import build_model, catalog_features
 from bstrec.sampling import NegativeSampler, training_loss
 from bstrec.train import make_split
-
-DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "ml-1m-u2999"
-
-
-def emit(rec: dict) -> None:
-    print(json.dumps(rec), flush=True)
 
 
 def matmul_flops(n: int = 1024, seconds: float = 2.0) -> float:
