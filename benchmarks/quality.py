@@ -24,10 +24,10 @@ from common import DEFAULT_DATA, emit  # benchmarks/common.py (the script's fold
 from bstrec import load_dataset
 from bstrec.config import RunConfig
 from bstrec.data.batches import SequenceStore
-from bstrec.data.splits import seed_windows
+from bstrec.data.splits import make_split, seed_windows
 from bstrec.evaluate import evaluate_ranking, evaluate_rating
 from bstrec.models.factory import build_model, catalog_features, fit_baseline
-from bstrec.train import make_split, train
+from bstrec.train import train
 
 
 def baselines(ds, split, store, max_len: int, which: list[str]) -> None:

@@ -28,10 +28,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from bstrec import load_dataset
 from bstrec.config import RunConfig
 from bstrec.data.batches import SequenceStore, training_rows
+from bstrec.data.splits import make_split
 from bstrec.evaluate import evaluate_ranking
 from bstrec.models.factory import build_model, catalog_features
 from bstrec.sampling import NegativeSampler, training_loss
-from bstrec.train import make_split
 
 
 def matmul_flops(n: int = 1024, seconds: float = 2.0) -> float:

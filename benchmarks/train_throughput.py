@@ -47,8 +47,9 @@ def worker(args) -> None:
     from bstrec import load_dataset
     from bstrec.config import RunConfig
     from bstrec.data.batches import SequenceStore
+    from bstrec.data.splits import make_split
     from bstrec.distributed import setup
-    from bstrec.train import Trainer, make_split
+    from bstrec.train import Trainer
 
     torch.set_num_threads(args.threads)
     cfg = RunConfig()

@@ -155,7 +155,7 @@ def test_cli_resume_refuses_changed_settings(tmp_path, synth_data, restore_threa
     r = runner.invoke(app, ["train", "--resume", str(run), "--set", "train.batch_size=7"])
     assert r.exit_code == 1 and "train.batch_size: 128 -> 7" in r.output
     r = runner.invoke(app, ["train", "--resume", str(run), "--model", "popularity"])
-    assert r.exit_code == 1 and "--model" in r.output
+    assert r.exit_code == 2 and "--model" in r.output  # a usage error
     r = runner.invoke(app, ["train", "--resume", str(tmp_path / "nothing")])
     assert r.exit_code == 1 and "not a run folder" in r.output
     r = runner.invoke(app, ["train", "--resume", str(run)])  # already finished

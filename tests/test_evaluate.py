@@ -79,3 +79,30 @@ def test_rating_errors_are_in_stars():
     truth = ds.rating[sp.targets("test")]
     assert math.isclose(m["RMSE"], float(np.sqrt(np.mean((truth - 3) ** 2))), rel_tol=1e-6)
     assert math.isclose(m["MAE"], float(np.mean(np.abs(truth - 3))), rel_tol=1e-6)
+
+
+def test_non_finite_scores_are_never_hits():
+    nan, inf = float("nan"), float("inf")
+    none = (torch.tensor([], dtype=torch.long), torch.tensor([], dtype=torch.long))
+    # a model that scores everything NaN ranks every target last
+    all_nan = torch.full((2, 5), nan)
+    assert target_ranks(all_nan, torch.tensor([0, 3]), *none).tolist() == [4, 4]
+    # a NaN or inf candidate counts above a finite target, a NaN target is a miss
+    scores = torch.tensor([[nan, 1.0, 0.5, inf], [2.0, nan, 1.0, 0.0]])
+    assert target_ranks(scores, torch.tensor([1, 1]), *none).tolist() == [2, 3]
+    # seen movies stay excluded even when their scores are NaN
+    ranks = target_ranks(scores, torch.tensor([1, 0]), torch.tensor([0, 0]),
+                         torch.tensor([0, 3]))
+    assert ranks.tolist() == [0, 1]
+
+
+def test_nan_model_gets_nothing_end_to_end():
+    ds = tiny_dataset()
+    sp = leave_one_out(ds)
+
+    class NaNs(Constant):
+        def score(self, batch, candidates):
+            return super().score(batch, candidates) * float("nan")
+
+    m = evaluate_ranking(NaNs(ds.n_items), SequenceStore(ds), sp.targets("test"), 5)
+    assert m["HR@20"] == 0.0 and m["NDCG@10"] == 0.0

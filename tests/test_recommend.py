@@ -62,6 +62,13 @@ def test_unknown_ids_are_clear_errors(run_dir):
         rec.for_user(999999)
     with pytest.raises(UnknownIdError, match="unknown movie ids: 7777, 8888"):
         rec.for_history([int(ds.item_ids[0]), 7777, 8888])
+    # ids as the API's JSON errors list them: numbers where they are numbers
+    with pytest.raises(UnknownIdError) as e:
+        rec.for_history([str(ds.item_ids[0]), "7777", "zz"])
+    assert e.value.ids == [7777, "zz"]
+    with pytest.raises(UnknownIdError) as e:
+        rec.for_user("999999")
+    assert e.value.ids == [999999]
     with pytest.raises(DataError, match="user.gender"):
         rec.for_history([int(ds.item_ids[0])], user_features={"gender": "X"})
 

@@ -20,8 +20,9 @@ import torch
 
 from bstrec.config import RunConfig
 from bstrec.data.batches import SequenceStore, training_rows
+from bstrec.data.splits import make_split
 from bstrec.distributed import EpochShards, merge_shard_metrics, shard_bounds
-from bstrec.train import make_split, train
+from bstrec.train import train
 from tests.factories import tiny_dataset
 
 # Adam divides by sqrt(v), so rounding differences of the all-reduced gradients

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import re
+import types
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,11 +19,14 @@ class DataConfig:
     source: str = "ml-1m"  # folder, interactions file, or cached data set name
     split: str = "leave-one-out"  # leave-one-out | time-cutoff
     max_len: int = 20  # L: history length (paper: 20)
+    # "now" for the time-gap feature: last-input (protocol R, what serving builds: the
+    # time of the last watch) | target (the BST paper's offline choice, R-paper)
+    now: str = "last-input"
 
 
 @dataclass
 class ModelConfig:
-    name: str = "bst"  # bst | popularity | transitions | global-mean | user-mean | bias
+    name: str = "bst"  # bst | popularity | cooccurrence | global-mean | user-mean | bias
     task: str = "ranking"  # ranking | rating
     dim: int = 64  # token embedding width D
     blocks: int = 1  # transformer blocks (paper: 1)
@@ -37,11 +44,13 @@ class ModelConfig:
     use_user_features: bool = True
     use_user_id: bool = False
     interaction_features: bool = True  # add target*history products to the MLP input
-    # transitions baseline: pairs up to `window` apart, the last `last_n` movies weighted
-    # decay**j; defaults chosen on validation (protocol R) of ml-1m-u2999
-    window: int = 5
-    last_n: int = 5
-    decay: float = 0.6
+    # ranking: the co-occurrence baseline's score as an input of the head (Wide & Deep),
+    # fitted and tuned on the training part when training starts | none
+    wide: str = "cooccurrence"
+    # ranking: add a user-vector . candidate-token term, trained with a full softmax too
+    dot: bool = True
+    # item embeddings start as random | ppmi: an SVD of the co-occurrence PMI (needs wide)
+    item_init: str = "random"
 
 
 @dataclass
@@ -61,8 +70,13 @@ class TrainConfig:
     patience: int = 3  # epochs without validation improvement before stopping
     max_minutes: float = 0.0  # stop after this wall time (0 = no limit)
     eval_every: float = 1.0  # validate every this many epochs (fractions allowed)
+    # validate during training on a fixed, seeded sample of at most this many users
+    # (0 = all); the figure's standard error is logged beside it
+    val_users: int = 10000
     device: str = "auto"  # auto | cpu | cuda
-    threads: int = 0  # torch threads (0 = torch default)
+    # torch threads; 0 = auto: 1 on CPU. On 2-core machines a second thread slowed
+    # training steps 3-9x whenever another process was busy (README, Speed)
+    threads: int = 0
     checkpoint_every_steps: int = 0  # also checkpoint mid-epoch every N steps (0 = off)
     progress: bool = True
 
@@ -107,6 +121,11 @@ class RunConfig:
 
 
 def _set(cfg: RunConfig, dotted: str, value: Any) -> None:
+    """Set ``section.name`` to ``value`` converted to the field's declared type.
+
+    Values come from YAML (a config file, or ``--set``, parsed as YAML 1.1), so the
+    type is checked here: YAML reads ``1e-3`` as a string and ``true`` as a boolean.
+    """
     parts = dotted.split(".")
     if len(parts) != 2:
         raise ValueError(f"config key {dotted!r}: expected section.name, e.g. model.dim")
@@ -114,25 +133,80 @@ def _set(cfg: RunConfig, dotted: str, value: Any) -> None:
     obj = getattr(cfg, section, None)
     if obj is None or not dataclasses.is_dataclass(obj):
         raise ValueError(f"config key {dotted!r}: unknown section {section!r}")
-    types = {f.name: f.type for f in dataclasses.fields(obj)}
-    if name not in types:
+    names = {f.name for f in dataclasses.fields(obj)}
+    if name not in names:
         raise ValueError(
-            f"config key {dotted!r}: unknown field; {section} has {', '.join(sorted(types))}"
+            f"config key {dotted!r}: unknown field; {section} has {', '.join(sorted(names))}"
         )
-    current = getattr(obj, name)
-    if isinstance(current, bool):
-        if not isinstance(value, bool):
-            raise ValueError(f"config key {dotted!r}: expected true/false, got {value!r}")
-    elif isinstance(current, int) and not isinstance(value, bool):
-        if not isinstance(value, int):
-            raise ValueError(f"config key {dotted!r}: expected an integer, got {value!r}")
-    elif isinstance(current, float):
-        if not isinstance(value, int | float) or isinstance(value, bool):
-            raise ValueError(f"config key {dotted!r}: expected a number, got {value!r}")
-        value = float(value)
-    elif isinstance(current, list):
+    hint = typing.get_type_hints(type(obj))[name]
+    setattr(obj, name, _coerce(value, hint, dotted))
+
+
+_INT_TEXT = re.compile(r"[+-]?\d+")
+_FLOAT_TEXT = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """``value`` as type ``hint``, or a ValueError naming ``key`` and the type."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+
+    def bad(expected: str) -> ValueError:
+        return ValueError(
+            f"config key {key!r}: expected {expected} ({_type_name(hint)}), got {value!r}"
+        )
+
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, key)
+            except ValueError as e:
+                errors.append(e)
+        if len(errors) == 1:
+            raise errors[0]
+        raise ValueError(f"config key {key!r}: expected {_type_name(hint)}, got {value!r}")
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad("true or false")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and _INT_TEXT.fullmatch(value.strip()):
+            return int(value)
+        raise bad("a whole number")
+    if hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
+            return float(value)
+        raise bad("a number")
+    if hint is str:
+        if isinstance(value, bool):  # YAML 1.1 reads yes/no/on/off as booleans
+            return "true" if value else "false"
+        if isinstance(value, str | int | float | datetime.date):
+            return str(value)
+        raise bad("a string")
+    if origin is list:
         if not isinstance(value, list):
-            raise ValueError(f"config key {dotted!r}: expected a list, got {value!r}")
-    elif isinstance(current, str) and not isinstance(value, str):
-        value = str(value)
-    setattr(obj, name, value)
+            raise bad("a list")
+        (item,) = args or (Any,)
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad("a mapping")
+        kt, vt = args or (Any, Any)
+        return {_coerce(k, kt, key): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
+    if isinstance(hint, type) and not isinstance(value, hint):
+        raise bad("a value")
+    return value
+
+
+def _type_name(hint: Any) -> str:
+    if isinstance(hint, type) and not typing.get_args(hint):
+        return hint.__name__
+    return str(hint).replace("typing.", "")

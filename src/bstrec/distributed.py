@@ -188,6 +188,8 @@ def merge_shard_metrics(parts: list[dict]) -> dict:
             out[k] = next(v for v, w in vals if w > 0) if total else vals[0][0]
         elif total == 0:
             out[k] = float("nan")
+        elif k.endswith("_se"):  # standard error of a count-weighted mean of shard means
+            out[k] = math.sqrt(sum((w * v) ** 2 for v, w in vals if w > 0)) / total
         elif k == "RMSE":
             out[k] = math.sqrt(sum(w * v * v for v, w in vals if w > 0) / total)
         else:

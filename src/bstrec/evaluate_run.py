@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from bstrec.data.batches import SequenceStore
+from bstrec.data.splits import make_split
 from bstrec.evaluate import evaluate_ranking, evaluate_rating
 from bstrec.run_dir import load_run
-from bstrec.train import make_split
 
 
 def evaluate_run(run_dir: Path, split: str = "val") -> dict:

@@ -8,6 +8,7 @@ watched one after another, a minute apart, the last one just now.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
@@ -25,7 +26,7 @@ class UnknownIdError(DataError):
     """A raw user or movie id that the run does not know."""
 
     def __init__(self, kind: str, ids: list):
-        self.kind, self.ids = kind, ids
+        self.kind, self.ids = kind, [plain_id(i) for i in ids]
         shown = ", ".join(str(i) for i in ids[:10])
         super().__init__(f"unknown {kind} id{'s' if len(ids) > 1 else ''}: {shown}")
 
@@ -252,6 +253,15 @@ class Recommender:
         reasons = self._reasons(None if weights is None else weights[0], batch.hist_item[0])
         return [Pick(**asdict(self.movie(i)), score=round(v, 4), because=b)
                 for i, v, b in zip(indices.tolist(), values.tolist(), reasons, strict=False)]
+
+
+def plain_id(raw):
+    """A raw id as JSON should show it: a number when it is one ('42' and np.int64(42)
+    -> 42), else the text as given ('zz')."""
+    raw = raw.item() if hasattr(raw, "item") else raw
+    if isinstance(raw, str) and re.fullmatch(r"-?[0-9]+", raw) and str(int(raw)) == raw:
+        return int(raw)
+    return raw
 
 
 def _raw(v):

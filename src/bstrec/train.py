@@ -30,7 +30,7 @@ from bstrec import checkpoint
 from bstrec.config import RunConfig
 from bstrec.data.batches import SequenceStore, training_rows
 from bstrec.data.interactions import Dataset
-from bstrec.data.splits import Split, leave_one_out, time_cutoff
+from bstrec.data.splits import Split, make_split
 from bstrec.distributed import (
     DistContext,
     EpochShards,
@@ -41,11 +41,12 @@ from bstrec.distributed import (
 from bstrec.distributed import setup as setup_distributed
 from bstrec.evaluate import evaluate_ranking, evaluate_rating
 from bstrec.models.base import Recommender
-from bstrec.models.factory import build_model, catalog_features, fit_baseline, task_of
+from bstrec.models.cooccurrence import ppmi_embeddings
+from bstrec.models.factory import build_model, catalog_features, fit_baseline, fit_wide, task_of
 from bstrec.run_dir import atomic_write_text, save_model, write_data_files
 from bstrec.sampling import NegativeSampler, training_loss
 
-__all__ = ["TrainResult", "Trainer", "TrainingError", "make_split", "pick_device", "primary",
+__all__ = ["TrainResult", "Trainer", "TrainingError", "pick_device", "primary",
            "train", "validate"]
 
 # Settings a resumed run may change; anything else must match the checkpoint, since
@@ -59,24 +60,24 @@ class TrainingError(RuntimeError):
     """Training cannot go on (non-finite loss, bad resume state)."""
 
 
-def make_split(ds: Dataset, name: str) -> Split:
-    if name == "leave-one-out":
-        return leave_one_out(ds)
-    if name == "time-cutoff":
-        return time_cutoff(ds)
-    raise ValueError(f"data.split must be leave-one-out or time-cutoff, not {name!r}")
-
-
 def validate(model: Recommender, store: SequenceStore, split: Split, max_len: int,
-             which: str = "val", device="cpu", ctx: DistContext | None = None) -> dict:
-    """Validation metrics; with several ranks each scores its share and the means merge."""
+             which: str = "val", device="cpu", ctx: DistContext | None = None,
+             now: str = "last-input", max_users: int = 0) -> dict:
+    """Validation metrics; with several ranks each scores its share and the means merge.
+
+    ``max_users`` > 0 scores a fixed sample of that many users (seeded, the same in
+    every call), so that large data sets validate in bounded time.
+    """
     rows = split.targets(which)
+    if 0 < max_users < len(rows):
+        pick = np.random.default_rng(12345).choice(len(rows), max_users, replace=False)
+        rows = rows[np.sort(pick)]
     if ctx is not None and ctx.enabled:
         rows = rows[shard_bounds(len(rows), ctx.rank, ctx.world)]
     if model.task == "rating":
         m = evaluate_rating(model, store, rows, max_len, device=device)
     else:
-        m = evaluate_ranking(model, store, rows, max_len, device=device)
+        m = evaluate_ranking(model, store, rows, max_len, device=device, now=now)
     if ctx is not None and ctx.enabled:
         m = merge_shard_metrics(ctx.all_gather_object(m))
     return m
@@ -104,9 +105,9 @@ def train(cfg: RunConfig, ds: Dataset, out: Path, log=print, *, resume: bool = F
     Under torchrun (or inside a process group the caller set up) this is one rank of
     a DistributedDataParallel run. ``resume=True`` continues from ``out``'s checkpoint.
     """
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
     ctx = setup_distributed(cfg.train.device)
+    if cfg.train.threads or ctx.device.type == "cpu":
+        torch.set_num_threads(cfg.train.threads or 1)
     try:
         return _train(cfg, ds, Path(out), log if ctx.is_main else _quiet, ctx, resume)
     finally:
@@ -148,10 +149,11 @@ def _train(cfg: RunConfig, ds: Dataset, out: Path, log, ctx: DistContext,
                 (checkpoint.checkpoint_dir(out) / stale).unlink(missing_ok=True)
 
     if cfg.model.name != "bst":
-        return _fit_baseline(cfg, ds, out, split, store, cat, ctx)
+        return _fit_baseline(cfg, ds, out, split, store, cat, ctx, log)
 
-    tr = Trainer(cfg, ds, store, split, ctx, cat)
-    st = _LoopState()
+    tr = Trainer(cfg, ds, store, split, ctx, cat, fit_wide_part=ck is None, log=log)
+    # fitting the wide part is part of training: it counts in the training time
+    st = _LoopState(train_time=tr.setup_seconds)
     if ck is not None:
         st = tr.restore(ck, log)
         if ctx.is_main:
@@ -192,7 +194,8 @@ def _train(cfg: RunConfig, ds: Dataset, out: Path, log, ctx: DistContext,
             end_of_epoch = k + 1 == steps_per_epoch
             if st.step % eval_steps == 0 or over or end_of_epoch:
                 st.train_time += time.perf_counter() - t_mark
-                m = validate(model, store, split, cfg.data.max_len, device=tr.device, ctx=ctx)
+                m = validate(model, store, split, cfg.data.max_len, device=tr.device, ctx=ctx,
+                             now=cfg.data.now, max_users=cfg.train.val_users)
                 rec = {"epoch": epoch, "step": st.step, "fraction": st.step / steps_per_epoch,
                        "split": "val", "train_loss": st.loss_sum / max(st.loss_n, 1), **m,
                        "train_seconds": st.train_time, "targets_per_second":
@@ -321,17 +324,39 @@ class _SharedNegatives:
         return getattr(self.inner, name)
 
 
+def init_item_embeddings(model) -> None:
+    """Item embeddings from the wide part's co-occurrence PMI, scaled to the random
+    initialisation's spread (the token is a sum of several embeddings)."""
+    vec = ppmi_embeddings(model.wide, model.item_emb.weight.shape[1])
+    with torch.no_grad():
+        std = model.item_emb.weight[1:].std()
+        model.item_emb.weight.copy_(vec / vec[1:].std().clamp(min=1e-12) * std)
+
+
 class Trainer:
     """One rank's model, optimizer, negative sampler and share of each global batch."""
 
     def __init__(self, cfg: RunConfig, ds: Dataset, store: SequenceStore, split: Split,
-                 ctx: DistContext, cat=None):
+                 ctx: DistContext, cat=None, fit_wide_part: bool = True, log=None):
         self.cfg, self.store, self.ctx, self.device = cfg, store, ctx, ctx.device
         self.data_checksum = ds.checksum
         cat = cat if cat is not None else catalog_features(ds, store.user_feature_names)
         self.cat = cat
         torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
-        self.model = build_model(cfg, cat).to(self.device)
+        self.model = build_model(cfg, cat)
+        t0 = time.perf_counter()
+        if self.model.wide is not None and fit_wide_part:
+            # deterministic, so every rank fits the same; a resumed run loads it instead
+            wide, _ = fit_wide(ds, split.train_rows(ds.user_offsets), _val_ndcg(store, split,
+                               cfg.data.max_len, cfg.data.now))
+            self.model.wide.load_state_dict(wide.scorer.state_dict())
+            if cfg.model.item_init == "ppmi":
+                init_item_embeddings(self.model)
+            if log:
+                log(f"wide part: co-occurrence {wide.scorer.p} tuned on validation in "
+                    f"{time.perf_counter() - t0:.1f}s")
+        self.setup_seconds = time.perf_counter() - t0
+        self.model = self.model.to(self.device)
         rows = training_rows(ds, split.train_end)
         if len(rows) == 0:
             raise ValueError(f"data set {ds.name}: no training examples (users need >= 4 rows)")
@@ -372,7 +397,8 @@ class Trainer:
             # every rank must take part in each all-reduce: a zero-weighted stand-in row
             part, mine, weight = slice(0, 1), rows[:1], 0.0
         self.sampler.select(n_global, part)
-        batch = self.store.batch_for_targets(mine, self.cfg.data.max_len).to(self.device)
+        batch = self.store.batch_for_targets(mine, self.cfg.data.max_len,
+                                             now=self.cfg.data.now).to(self.device)
         loss = training_loss(self.loss_model, batch, self.cfg, self.sampler, self.device)
         finite = torch.isfinite(loss.detach())
         real = len(mine) if weight > 0 else 0
@@ -545,10 +571,17 @@ def _kept_note(out: Path) -> str:
             f"--set train.lr=...` and a lower learning rate")
 
 
-def _fit_baseline(cfg, ds, out, split, store, cat, ctx) -> TrainResult:
+def _val_ndcg(store: SequenceStore, split: Split, max_len: int, now: str):
+    def score(model: Recommender) -> float:
+        return validate(model, store, split, max_len, now=now)["NDCG@10"]
+    return score
+
+
+def _fit_baseline(cfg, ds, out, split, store, cat, ctx, log) -> TrainResult:
     t_start = time.perf_counter()
-    model = fit_baseline(cfg, ds, split.train_rows(ds.user_offsets))
-    m = validate(model, store, split, cfg.data.max_len)
+    model = fit_baseline(cfg, ds, split.train_rows(ds.user_offsets),
+                         _val_ndcg(store, split, cfg.data.max_len, cfg.data.now))
+    m = validate(model, store, split, cfg.data.max_len, now=cfg.data.now)
     rec = {"epoch": 0, "split": "val", **m, "train_seconds": time.perf_counter() - t_start}
     result = TrainResult(out, model, rec, [rec], rec["train_seconds"], ctx.rank)
     if ctx.is_main:

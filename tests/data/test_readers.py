@@ -72,6 +72,19 @@ def test_ml100k(tmp_path):
     assert ds.unrated_items["1300"][0] == "'Til Théré Was You (1997)"
 
 
+def test_ml100k_year_comes_from_the_title_else_the_release_date(tmp_path):
+    # as in ML-1M, the title's "(1976)" is the year, whatever the date column says;
+    # a title without a year falls back to the release date
+    item = (
+        ML100K["u.item"]
+        .replace("1|Toy Story (1995)|01-Jan-1995|", "1|Carrie (1976)|13-Sep-1996|", 1)
+        .replace("2|GoldenEye (1995)|01-Jan-1995|", "2|GoldenEye|17-Nov-1995|", 1)
+    )
+    ds = load_dataset(write(tmp_path / "k", {**ML100K, "u.item": item}), cache=False)
+    assert ds.item_titles.tolist()[:2] == ["Carrie (1976)", "GoldenEye"]
+    assert ds.item_year.tolist() == [1976, 1995, 0]
+
+
 def test_age_groups():
     assert [age_group(a) for a in (7, 18, 24, 25, 44, 45, 50, 55, 56, 80)] == [
         "Under 18", "18-24", "18-24", "25-34", "35-44", "45-49", "50-55", "50-55", "56+", "56+"

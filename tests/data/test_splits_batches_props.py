@@ -6,6 +6,8 @@ and every claim is checked against a plain-Python reference.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from hypothesis import given, settings
@@ -80,7 +82,15 @@ def check_batch(ds, store, rows: np.ndarray, max_len: int, limit_rows=None):
         assert batch.hist_item[k].tolist() == want
         assert batch.target[k].item() == int(ds.item[t]) + 1
         assert batch.user[k].item() == int(ds.user[t]) + 1
-        assert (batch.hist_gap[k][batch.hist_mask[k]] >= 1).all()
+        # each history token carries its own watch's rating, never the target's
+        want_r = [0] * (max_len - len(hist)) + [int(round(2 * ds.rating[h])) for h in hist]
+        assert batch.hist_rating[k].tolist() == want_r
+        # "now" is the last input watch (protocol R); gaps are measured back from it
+        now = int(ds.timestamp[hist[-1]]) if hist else int(ds.timestamp[t])
+        assert batch.time[k].item() == now
+        want_g = [0] * (max_len - len(hist)) + [
+            1 + int(math.floor(2 * math.log2(1 + now - int(ds.timestamp[h])))) for h in hist]
+        assert batch.hist_gap[k].tolist() == want_g
         if limit_rows is not None:
             assert all(h < limit_rows[int(ds.user[t])] for h in hist)
     return batch

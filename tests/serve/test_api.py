@@ -157,14 +157,15 @@ def _error(r, status, field=None):
 
 
 def test_unknown_user_is_404_naming_it(client):
-    for path in ("/users/99999/recommendations", "/users/99999", "/users/abc/recommendations"):
+    for path, ids in (("/users/99999/recommendations", [99999]), ("/users/99999", [99999]),
+                      ("/users/abc/recommendations", ["abc"])):
         body = _error(client.get(path), 404, "user_id")
-        assert path.split("/")[2] in body["detail"] and body["ids"] == [path.split("/")[2]]
+        assert path.split("/")[2] in body["detail"] and body["ids"] == ids
 
 
 def test_unknown_movie_in_path_is_404(client):
     body = _error(client.get("/movies/4242"), 404, "movie_id")
-    assert "4242" in body["detail"]
+    assert "4242" in body["detail"] and body["ids"] == [4242]
 
 
 def test_unknown_movies_in_history_are_422_naming_them(client):
@@ -173,6 +174,9 @@ def test_unknown_movies_in_history_are_422_naming_them(client):
     )
     assert body["ids"] == [777, "zz"]
     assert "777" in body["detail"] and "zz" in body["detail"]
+    # ids that are numbers come back as numbers, however they were sent
+    body = _error(client.post("/recommendations", json={"history": ["777", 778]}), 422)
+    assert body["ids"] == [777, 778]
 
 
 def test_listed_but_unrated_movie_says_so(client):

@@ -1,15 +1,29 @@
-"""Helpers every command shares: JSON output and clean failures."""
+"""Helpers every command shares: JSON output, clean failures and the command classes.
+
+Exit status: 0 on success, 2 for a usage error (a bad option value, a malformed id
+list, an unknown model name, a bad ``--set`` or config file), 1 for a data or runtime
+error. Either way one line ``error: ...`` goes to stderr, without a traceback.
+`fail_cleanly` is the one place that maps exception types to these codes.
+"""
 
 from __future__ import annotations
 
 import json
-import sys
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from bstrec.data.interactions import DataError
+
+USAGE_EXIT = 2
+ERROR_EXIT = 1
+
+
+class UsageError(Exception):
+    """The command line asks for something that cannot be: exit status 2."""
 
 
 def emit_json(obj) -> None:
@@ -29,18 +43,74 @@ def _default(o):
 
 
 @contextmanager
-def fail_cleanly(extra: tuple[type[BaseException], ...] = ()):
-    """Known errors print one line to stderr and exit 1, without a traceback."""
+def fail_cleanly(extra: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
+    """Known errors print one line to stderr and exit: 2 for usage errors (`UsageError`
+    and the option parser's own), 1 for data and runtime errors (DataError,
+    FileNotFoundError and the types in ``extra``)."""
     try:
         yield
+    except UsageError as e:
+        _say(str(e))
+        raise typer.Exit(USAGE_EXIT) from None
+    except typer.TyperException as e:  # the option parser's: bad value, unknown option
+        if type(e).__name__ == "NoArgsIsHelpError":
+            raise  # typer prints the help for it
+        ctx = getattr(e, "ctx", None)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        _say(e.format_message() + hint)
+        raise typer.Exit(getattr(e, "exit_code", ERROR_EXIT)) from None
     except (DataError, FileNotFoundError, *extra) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
+        _say(str(e))
+        raise typer.Exit(ERROR_EXIT) from None
 
 
-def die(msg: str, code: int = 1) -> None:
-    print(f"error: {msg}", file=sys.stderr)
-    raise typer.Exit(code)
+@contextmanager
+def usage_errors() -> Iterator[None]:
+    """A ValueError inside (config parsing, option checks) is a usage error; a DataError
+    (also a ValueError) stays a data error."""
+    try:
+        yield
+    except DataError:
+        raise
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def _say(msg: str) -> None:
+    one_line = re.sub(r"\s*\n\s*", " ", msg.strip())
+    typer.echo(f"error: {one_line}", err=True)
+
+
+def _plain_flags(params: list) -> list:
+    # This typer prints every option's type in --help, flags included ("--json
+    # <bool>"); an empty metavar leaves a flag as just its name.
+    for p in params:
+        if getattr(p, "is_flag", False) and not getattr(p, "count", False) and p.metavar is None:
+            p.metavar = ""
+    return params
+
+
+class Command(TyperCommand):
+    """A sub-command: flags without a type in --help."""
+
+    def get_params(self, ctx):
+        return _plain_flags(super().get_params(ctx))
+
+
+class Group(TyperGroup):
+    """A command group whose parse errors (bad option values, unknown options, missing
+    arguments) are one `error:` line and exit status 2, like the commands' own."""
+
+    def get_params(self, ctx):
+        return _plain_flags(super().get_params(ctx))
+
+    def make_context(self, *args, **kwargs):
+        with fail_cleanly():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx):
+        with fail_cleanly():
+            return super().invoke(ctx)
 
 
 Handler = Callable[..., None]

@@ -6,14 +6,16 @@ from pathlib import Path
 
 import typer
 
-from bstrec.commands.common import emit_json, fail_cleanly
+from bstrec.commands.common import Command, Group, emit_json, fail_cleanly
 
-app = typer.Typer(help="Get, import, describe and generate data sets.", no_args_is_help=True)
+app = typer.Typer(
+    help="Get, import, describe and generate data sets.", no_args_is_help=True, cls=Group
+)
 
 DATA_DIR_HELP = "Data folder (default: $BSTREC_DATA_DIR, else the user cache folder)"
 
 
-@app.command()
+@app.command(cls=Command)
 def download(
     name: str = typer.Argument(
         ..., help="ml-100k, ml-1m, ml-20m, ml-25m, ml-32m or ml-latest-small"
@@ -56,7 +58,7 @@ def download(
         typer.echo(f"{name}: downloaded and verified{resumed}, unpacked to {res.path}")
 
 
-@app.command("import")
+@app.command("import", cls=Command)
 def import_(
     path: Path = typer.Argument(..., help="A MovieLens .zip or an unpacked folder"),
     name: str | None = typer.Option(None, help="Name to load it by (default: from PATH)"),
@@ -74,7 +76,7 @@ def import_(
         typer.echo(f"imported {path} as {dest.name} ({dest}); load it with `{dest.name}`")
 
 
-@app.command()
+@app.command(cls=Command)
 def info(
     path_or_name: str = typer.Argument(..., help="Data folder, interactions file, or name"),
     items: Path | None = typer.Option(None, help="Item features file (interactions file only)"),
@@ -104,7 +106,7 @@ def info(
     Console().print(table)
 
 
-@app.command()
+@app.command(cls=Command)
 def synth(
     out_dir: Path = typer.Argument(..., help="Folder to write ratings.dat, movies.dat, users.dat"),
     users: int = typer.Option(500, min=1, help="Number of users"),

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import typer
 
-from bstrec.commands.common import emit_json, fail_cleanly
+from bstrec.commands.common import Command, UsageError, emit_json, fail_cleanly
 
 
 def register(app: typer.Typer) -> None:
-    app.command()(evaluate)
+    app.command(cls=Command)(evaluate)
 
 
 def evaluate(
@@ -21,10 +21,9 @@ def evaluate(
     """Full-catalogue ranking metrics (protocol R) or rating errors (protocol T)."""
     from bstrec.evaluate_run import evaluate_run
 
-    if split not in ("val", "test"):
-        typer.echo(f"error: --split must be val or test, not {split!r}", err=True)
-        raise typer.Exit(2)
     with fail_cleanly((ValueError,)):
+        if split not in ("val", "test"):
+            raise UsageError(f"--split must be val or test, not {split!r}")
         metrics = evaluate_run(run_dir, split)
     if json_out:
         emit_json(metrics)

@@ -6,18 +6,19 @@ from pathlib import Path
 
 import typer
 
-from bstrec.commands.common import emit_json, fail_cleanly
+from bstrec.commands.common import Command, emit_json, fail_cleanly
 
 
 def register(app: typer.Typer) -> None:
-    app.command()(quickstart)
+    app.command(cls=Command)(quickstart)
 
 
 def quickstart(
     data: str = typer.Option("ml-1m", "--data",
                              help="Data folder or name (default: cached/downloaded ml-1m)"),
     out: Path = typer.Option(Path("runs/quickstart"), "--out", help="Where the runs go"),
-    minutes: float = typer.Option(10.0, "--minutes", help="Training budget of BST"),
+    epochs: int = typer.Option(None, "--epochs", min=1,
+                               help="BST training epochs [default: the default config's]"),
     user: str = typer.Option(None, "--user", help="Whose recommendations to show"),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output"),
 ) -> None:
@@ -32,7 +33,7 @@ def quickstart(
             download(data)  # offline, this fails fast and says how to import the zip by hand
         ds = load_dataset(data)
         log = (lambda _m: None) if json_out else typer.echo
-        result = run(ds, out, minutes=minutes, user=user, log=log, progress=not json_out)
+        result = run(ds, out, epochs=epochs, user=user, log=log, progress=not json_out)
     if json_out:
         emit_json({"data": result.data, "test_protocol_R": result.table,
                    "run_dir": result.run_dir, "example": result.example.to_dict()})

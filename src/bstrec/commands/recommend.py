@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import typer
 
-from bstrec.commands.common import emit_json, fail_cleanly
+from bstrec.commands.common import Command, UsageError, emit_json, fail_cleanly
 
 
 def register(app: typer.Typer) -> None:
-    app.command()(recommend)
+    app.command(cls=Command)(recommend)
 
 
 def recommend(
@@ -25,20 +26,38 @@ def recommend(
     from bstrec.recommend import Recommender
     from bstrec.run_dir import load_run
 
-    if (user is None) == (history is None):
-        typer.echo("error: give exactly one of --user or --history", err=True)
-        raise typer.Exit(2)
     with fail_cleanly((ValueError,)):
+        if (user is None) == (history is None):
+            raise UsageError("give exactly one of --user or --history")
+        ids = None if history is None else parse_id_list(history, "--history")
         rec = Recommender(load_run(run_dir))
-        if user is not None:
+        if ids is None:
             out = rec.for_user(user, k)
         else:
-            ids = [h.strip() for h in history.split(",") if h.strip()]
+            if rec.ds.item_ids.dtype.kind in "iu":  # the data set's movie ids are numbers
+                check_whole_numbers(ids, "--history")
             out = rec.for_history(ids, k)
     if json_out:
         emit_json(out.to_dict())
         return
     print_recommendations(out)
+
+
+def parse_id_list(text: str, option: str) -> list[str]:
+    """'1193, 661,914' -> ['1193', '661', '914']; an empty item is a usage error."""
+    items = [t.strip() for t in text.split(",")]
+    for i, item in enumerate(items, 1):
+        if not item:
+            raise UsageError(f"{option} {text!r}: item {i} is empty; give ids separated by "
+                             "single commas, e.g. 1193,661,914")
+    return items
+
+
+def check_whole_numbers(ids: list[str], option: str) -> None:
+    for i, item in enumerate(ids, 1):
+        if not re.fullmatch(r"-?[0-9]+", item):
+            raise UsageError(f"{option}: item {i}, {item!r}, is not a movie id (this run's "
+                             "movie ids are whole numbers)")
 
 
 def print_recommendations(out) -> None:

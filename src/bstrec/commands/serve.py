@@ -7,11 +7,11 @@ from pathlib import Path
 
 import typer
 
-from bstrec.commands.common import fail_cleanly
+from bstrec.commands.common import Command, fail_cleanly
 
 
 def register(app: typer.Typer) -> None:
-    app.command()(serve)
+    app.command(cls=Command)(serve)
 
 
 def serve(
@@ -36,17 +36,14 @@ def serve(
     ),
 ) -> None:
     """Serve recommendations over HTTP (JSON API, docs at /docs, web page at /)."""
-    try:
-        import uvicorn
+    with fail_cleanly((RuntimeError,)):
+        try:
+            import uvicorn
 
-        from bstrec.serve.app import create_app
-    except ModuleNotFoundError as e:
-        typer.echo(
-            f"error: serving needs the 'serve' extra ({e.name} is missing): "
-            "pip install -e '.[serve]'",
-            err=True,
-        )
-        raise typer.Exit(1) from None
+            from bstrec.serve.app import create_app
+        except ModuleNotFoundError as e:
+            raise RuntimeError(f"serving needs the 'serve' extra ({e.name} is missing): "
+                               "pip install -e '.[serve]'") from None
 
     import torch
 

@@ -10,24 +10,45 @@ from pathlib import Path
 
 import typer
 
-from bstrec.commands.common import emit_json, fail_cleanly
+from bstrec.commands.common import Command, emit_json, fail_cleanly, usage_errors
+from bstrec.config import RunConfig
+from bstrec.data.interactions import DataError
 
 
 def register(app: typer.Typer) -> None:
-    app.command()(train)
+    app.command(cls=Command)(train)
+
+
+# Options left unset take their value from --config, else from the config's defaults;
+# typer shows no default for them, so the help text says it ("\\[" is a literal "[" in
+# typer's rich help).
+_D = RunConfig()
+
+
+def _default(value) -> str:
+    return f"\\[default: {value}]"
 
 
 def train(
     data: str = typer.Option(None, "--data", help="Data folder, interactions file or name "
-                             "[default: ml-1m]"),
-    task: str = typer.Option(None, "--task", help="ranking | rating [default: ranking]"),
-    out: Path = typer.Option(None, "--out", help="Run folder to write"),
-    model: str = typer.Option(None, "--model", help="bst | popularity | transitions | "
-                              "global-mean | user-mean | bias [default: bst]"),
-    config: Path = typer.Option(None, "--config", help="YAML config file"),
-    set_: list[str] = typer.Option([], "--set", help="Override, e.g. train.lr=0.001"),
-    seed: int = typer.Option(None, "--seed", help="Random seed (train.seed)"),
-    device: str = typer.Option(None, "--device", help="auto | cpu | cuda"),
+                             f"(data.source) {_default(_D.data.source)}"),
+    task: str = typer.Option(None, "--task", help="ranking | rating (model.task) "
+                             f"{_default(_D.model.task)}"),
+    out: Path = typer.Option(None, "--out", help="Run folder to write (required, unless "
+                             "--resume)"),
+    # the full list is models/factory.py's MODELS, which imports torch: an unknown name's
+    # error lists them, so `bstrec --help` stays fast
+    model: str = typer.Option(None, "--model", help="bst, or a baseline: popularity, "
+                              "cooccurrence, global-mean, ... (an unknown name lists them "
+                              f"all) (model.name) {_default(_D.model.name)}"),
+    config: Path = typer.Option(None, "--config", exists=True, dir_okay=False,
+                                help="YAML config file (options given here win over it)"),
+    set_: list[str] = typer.Option([], "--set", help="Override a config key, e.g. "
+                                   "train.lr=0.001 (repeatable)"),
+    seed: int = typer.Option(None, "--seed", help=f"Random seed (train.seed) "
+                             f"{_default(_D.train.seed)}"),
+    device: str = typer.Option(None, "--device", help="auto | cpu | cuda (train.device) "
+                               f"{_default(_D.train.device)}"),
     resume: Path = typer.Option(None, "--resume", help="Continue the run in this folder "
                                 "from its last checkpoint (its config.yaml; --set may "
                                 "change epochs, patience, max_minutes, ...)"),
@@ -36,51 +57,102 @@ def train(
     """Train a model and keep the best checkpoint (by validation) in OUT."""
     from bstrec import load_dataset
     from bstrec.checkpoint import CheckpointError
-    from bstrec.config import RunConfig
     from bstrec.distributed import torchrun_world
     from bstrec.train import TrainingError
     from bstrec.train import train as run_training
 
+    rank = torchrun_world()[0]
     with fail_cleanly((ValueError, TrainingError, CheckpointError)):
+        with usage_errors():  # the command line and config files: exit status 2
+            cfg = _resolve_config(data, task, out, model, config, set_, seed, device, resume)
         if resume is not None:
-            given = [n for n, v in (("--data", data), ("--task", task), ("--model", model),
-                                    ("--config", config)) if v is not None]
-            if given:
-                raise ValueError(f"--resume takes its settings from {resume / 'config.yaml'}"
-                                 f"; drop {', '.join(given)} (use --set for what may change)")
-            if out is not None and out.resolve() != resume.resolve():
-                raise ValueError("--resume RUN_DIR continues in RUN_DIR; drop --out or make "
-                                 "them the same")
-            if not (resume / "config.yaml").is_file():
-                raise ValueError(f"{resume}: not a run folder (no config.yaml); nothing to "
-                                 "resume")
             out = resume
-            cfg = RunConfig.load(resume / "config.yaml")
-        else:
-            if out is None:
-                raise ValueError("--out RUN_DIR is required (or --resume RUN_DIR)")
-            cfg = RunConfig.load(config) if config else RunConfig()
-            # options given on the command line win over the config file's values
-            if model is not None:
-                cfg.model.name = model
-            if task is not None:
-                cfg.model.task = task
-            if data is not None:
-                cfg.data.source = data
-        if seed is not None:
-            cfg.train.seed = seed
-        if device is not None:
-            cfg.train.device = device
-        cfg.override(set_)
         ds = load_dataset(cfg.data.source)
         log = (lambda _msg: None) if json_out else typer.echo
         if json_out:
             cfg.train.progress = False
-        result = run_training(cfg, ds, out, log=log, resume=resume is not None)
-    if torchrun_world()[0] != 0:
+        # a folder this command creates is removed again if training fails before it
+        # holds a model or a checkpoint; a folder that was there already is never removed
+        created = _first_missing(out) if rank == 0 else None
+        try:
+            result = run_training(cfg, ds, out, log=log, resume=resume is not None)
+        except BaseException:
+            if created is not None:
+                _remove_if_empty_run(created, out)
+            raise
+    if rank != 0:
         return  # rank 0 reports for the whole run
     if json_out:
         emit_json({"run_dir": str(out), "best_val": result.best,
                    "train_seconds": result.train_seconds})
     else:
         typer.echo(f"run folder: {out}")
+
+
+def _resolve_config(data, task, out, model, config, set_, seed, device, resume) -> RunConfig:
+    """The run's config from --resume's folder or --config and the options; ValueError
+    (a usage error) for impossible combinations, bad values and unknown model names."""
+    if resume is not None:
+        given = [n for n, v in (("--data", data), ("--task", task), ("--model", model),
+                                ("--config", config)) if v is not None]
+        if given:
+            raise ValueError(f"--resume takes its settings from {resume / 'config.yaml'}"
+                             f"; drop {', '.join(given)} (use --set for what may change)")
+        if out is not None and out.resolve() != resume.resolve():
+            raise ValueError("--resume RUN_DIR continues in RUN_DIR; drop --out or make "
+                             "them the same")
+        if not (resume / "config.yaml").is_file():
+            # the folder given is not what it should be: a data error (exit status 1)
+            raise DataError(f"{resume}: not a run folder (no config.yaml); nothing to resume")
+        cfg = RunConfig.load(resume / "config.yaml")
+    else:
+        if out is None:
+            raise ValueError("--out RUN_DIR is required (or --resume RUN_DIR)")
+        cfg = RunConfig.load(config) if config else RunConfig()
+        # options given on the command line win over the config file's values
+        if model is not None:
+            cfg.model.name = model
+        if task is not None:
+            cfg.model.task = task
+        if data is not None:
+            cfg.data.source = data
+    if seed is not None:
+        cfg.train.seed = seed
+    if device is not None:
+        cfg.train.device = device
+    cfg.override(set_)
+    check_model_name(cfg.model.name)
+    return cfg
+
+
+def check_model_name(name: str) -> None:
+    from bstrec.models.factory import MODELS
+
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of ``path`` that does not exist yet (what mkdir -p would
+    create), or None when ``path`` exists."""
+    path = path.absolute()
+    if path.exists():
+        return None
+    while not path.parent.exists():
+        path = path.parent
+    return path
+
+
+def _remove_if_empty_run(created: Path, out: Path) -> None:
+    """Remove ``created`` (made by this command) unless training got as far as writing
+    a model or a checkpoint into ``out``."""
+    import shutil
+
+    from bstrec.checkpoint import checkpoint_dir
+
+    out = out.absolute()
+    if not created.exists():
+        return
+    if (out / "model.safetensors").exists() or any(checkpoint_dir(out).glob("*.pt")):
+        return
+    shutil.rmtree(created, ignore_errors=True)

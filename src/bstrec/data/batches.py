@@ -8,7 +8,14 @@ a single gather on the ``(B, L)`` index matrix: no per-row Python, no ``explode`
 Token conventions shared with the models: item token = item index + 1 (0 = padding),
 user token = user index + 1 (0 = unknown person), rating token = round(2 * stars)
 (0 = padding or no rating), time-gap token = log-scale bucket of
-``t(target) - t(watch)`` (0 = padding).
+``now - t(watch)`` (0 = padding), where "now" is the recommendation time.
+
+"Now" is the same everywhere (../shared/PROTOCOL.md, protocol R): the time of the last
+interaction of the input history, the earliest moment at which a live request with
+that history could be made. Training, evaluation and serving of a known user all use
+it; a serving request may pass its own time. ``now="target"`` (the BST paper's offline
+choice, "R-paper") uses the target's own timestamp and exists only to be reported
+beside R.
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ class Batch:
     hist_gap: torch.Tensor  # (B, L) time-gap tokens
     target: torch.Tensor  # (B,) item token of the target (0 when unknown, e.g. serving)
     label: torch.Tensor  # (B,) float: stars of the target (rating task), NaN if none
-    time: torch.Tensor  # (B,) int64 recommendation time (the target's timestamp offline)
+    time: torch.Tensor  # (B,) int64 recommendation time "now" (see the module docstring)
 
     @property
     def hist_mask(self) -> torch.Tensor:
@@ -81,18 +88,28 @@ class SequenceStore:
         self.user_feats = torch.from_numpy(feats)  # (n_users, F)
 
     def batch_for_targets(self, rows: torch.Tensor, max_len: int,
-                          hist_limit: torch.Tensor | None = None) -> Batch:
+                          hist_limit: torch.Tensor | None = None,
+                          now: str = "last-input") -> Batch:
         """Batch whose targets are dataset rows ``rows``; history = the rows before.
 
         ``hist_limit`` (B,) optionally caps how far back history may reach (absolute
         row index, inclusive lower bound), e.g. the first row of a protocol-S window.
+        ``now``: "last-input" (protocol R: the last history row's time) or "target"
+        (R-paper: the target's own time).
         """
         rows = rows.to(torch.long)
         user = self.row_user[rows]
         lo = self.offsets[user]
         if hist_limit is not None:
             lo = torch.maximum(lo, hist_limit)
-        return self._gather(user, lo, rows, self.time[rows], max_len, target_rows=rows)
+        if now == "target":
+            time = self.time[rows]
+        elif now == "last-input":
+            # no history: nothing to measure a gap to, the target's time is as good as any
+            time = torch.where(rows > lo, self.time[(rows - 1).clamp(min=0)], self.time[rows])
+        else:
+            raise ValueError(f"now must be last-input or target, not {now!r}")
+        return self._gather(user, lo, rows, time, max_len, target_rows=rows)
 
     def batch_for_users(self, users: torch.Tensor, max_len: int,
                         time: torch.Tensor | None = None) -> Batch:

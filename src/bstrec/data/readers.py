@@ -406,16 +406,20 @@ def read_ml100k_items(path: Path) -> tuple[ItemTable, str]:
 
 
 def _release_year(date: str, title: str, path: Path, lineno: int) -> int:
-    """'01-Jan-1995' -> 1995; empty -> the year in the title, else 0."""
+    """The year in the title, 'Heat (1995)', as the ML-1M reader reads it; without one,
+    the release date's ('01-Jan-1995' -> 1995); else 0.
+
+    The date column need not be the film's first release (it can be a later release's),
+    so both releases get their year from the same place, the title. The date is still
+    checked, so a malformed one is named.
+    """
     date = date.strip()
-    if not date:
-        return parse_year(title)
     year = date.rsplit("-", 1)[-1]
-    if not (len(year) == 4 and year.isdigit()):
+    if date and not (len(year) == 4 and year.isdigit()):
         raise DataError(
             f"{path}:{lineno}: field 'release date' is not like 01-Jan-1995: {date!r}"
         )
-    return int(year)
+    return parse_year(title) or (int(year) if date else 0)
 
 
 def age_group(age: int) -> str:

@@ -50,6 +50,15 @@ def ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return rep_starts + np.arange(total, dtype=np.int64)
 
 
+def make_split(ds: Dataset, name: str) -> Split:
+    """The split a config names: ``leave-one-out`` (protocols R and T) or ``time-cutoff``."""
+    if name == "leave-one-out":
+        return leave_one_out(ds)
+    if name == "time-cutoff":
+        return time_cutoff(ds)
+    raise ValueError(f"data.split must be leave-one-out or time-cutoff, not {name!r}")
+
+
 def leave_one_out(ds: Dataset) -> Split:
     """Last interaction = test, the one before = validation, the rest = training.
 

@@ -34,6 +34,7 @@ from torch import nn
 from bstrec.config import ModelConfig
 from bstrec.data.batches import GAP_BUCKETS, Batch
 from bstrec.models.base import Recommender
+from bstrec.models.cooccurrence import CooccurrenceScorer
 
 YEAR_BUCKETS = 24  # 0 unknown, 1 = before 1920, then 5-year buckets up to 2030+
 
@@ -152,7 +153,23 @@ class BST(Recommender):
             layers += [nn.Linear(a, b), nn.LeakyReLU(), nn.Dropout(cfg.block_dropout)]
         layers.append(nn.Linear(widths[-1], 1))
         self.mlp_rest = nn.Sequential(*layers)
+        # Wide & Deep: the co-occurrence baseline's score (fitted on the training part by
+        # the trainer, saved with the weights) enters the head twice: as an MLP input and
+        # through a learned weight straight to the output. The MLP's last layer starts at
+        # zero, so an untrained BST ranks exactly as the baseline and training adds to it.
+        self.wide = None
+        if cfg.wide == "cooccurrence" and cfg.task == "ranking":
+            self.wide = CooccurrenceScorer(cat.n_items)
+            self.mlp_wide = nn.Linear(1, widths[0], bias=False)
+            self.wide_weight = nn.Parameter(torch.ones(()))
+            nn.init.zeros_(layers[-1].weight)
+            nn.init.zeros_(layers[-1].bias)
         self.rating_offset = 3.5  # start rating predictions near the mean star
+        # The dot-product term: user vector (SASRec's reading of the history) times the
+        # candidate's token, added to the score. Cheap for every movie at once, so
+        # training adds a full-catalogue softmax on it (loss): every step moves every
+        # item embedding, which a few sampled negatives cannot do.
+        self.dot_proj = nn.Linear(d, d) if cfg.dot and cfg.task == "ranking" else None
 
     # ------------------------------------------------------------------ embeddings
     def item_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -181,8 +198,29 @@ class BST(Recommender):
             parts.append(self.user_id_emb(batch.user))
         return torch.cat(parts, -1) if parts else None  # (B, U)
 
-    def head(self, seq_out, prod, aff, user_part) -> torch.Tensor:
-        """MLP over [sequence output, interaction features, user features].
+    def wide_feature(self, batch: Batch, candidates: torch.Tensor | None,
+                     own: torch.Tensor | None = None) -> torch.Tensor | None:
+        """log(1 + co-occurrence score) of each candidate: (B, C), or (B, n_items) for
+        ``candidates=None``. ``own`` (B, C) is subtracted from the raw counts first: a
+        training target's own pairs (see ``CooccurrenceScorer.self_count``)."""
+        if self.wide is None:
+            return None
+        if candidates is None:
+            raw, cands = self.wide.raw_all(batch.hist_item)[:, 1:], None
+        else:
+            cands = candidates
+            if cands.dim() == 1:
+                cands = cands[None].expand(batch.hist_item.shape[0], -1)
+            raw = self.wide.raw(batch.hist_item, cands)
+        if own is not None:
+            raw = raw - own
+        pop = self.wide.popularity[1:] if cands is None else self.wide.popularity[cands]
+        alpha = self.wide.p.alpha
+        norm = pop.clamp(min=1.0) ** alpha if alpha else 1.0
+        return torch.log1p(raw.clamp(min=0.0) / norm)
+
+    def head(self, seq_out, prod, aff, user_part, wide=None) -> torch.Tensor:
+        """MLP over [sequence output, interaction features, user features, wide score].
 
         The first layer is one linear map per input group, summed: the same function
         as a linear map of their concatenation, without copying the (B, C, .) inputs.
@@ -192,7 +230,11 @@ class BST(Recommender):
             h = h + self.mlp_prod(prod) + self.mlp_aff(aff)
         if user_part is not None:
             h = h + user_part[:, None, :]
+        if wide is not None:
+            h = h + self.mlp_wide(wide[..., None])
         out = self.mlp_rest(h).squeeze(-1)  # (B, C)
+        if wide is not None:
+            out = out + self.wide_weight * wide
         return out + self.rating_offset if self.task == "rating" else out
 
     # ------------------------------------------------------------------ scoring
@@ -229,46 +271,38 @@ class BST(Recommender):
         self._frozen = None
         return super().load_state_dict(*args, **kwargs)
 
-    def score(self, batch: Batch, candidates: torch.Tensor) -> torch.Tensor:
-        scores, _ = self._score(batch, candidates, want_attention=False)
+    def score(self, batch: Batch, candidates: torch.Tensor,
+              own: torch.Tensor | None = None) -> torch.Tensor:
+        scores, _ = self._score(batch, candidates, want_attention=False, own=own)
         return scores
 
     def explain(self, batch: Batch, candidates: torch.Tensor) -> torch.Tensor:
         _, att = self._score(batch, candidates, want_attention=True)
         return att
 
-    def _score(self, batch: Batch, candidates: torch.Tensor, want_attention: bool):
+    def _score(self, batch: Batch, candidates: torch.Tensor, want_attention: bool, own=None):
         if self.cfg.output == "concat":
-            return self.score_plain(batch, candidates, want_attention)
-        return self.score_cached(batch, candidates, want_attention)
+            return self.score_plain(batch, candidates, want_attention, own=own)
+        return self.score_cached(batch, candidates, want_attention, own=own)
 
     def _user_part(self, batch: Batch):
         u = self.user_vector(batch)
         return self.mlp_user(u) if self.mlp_user is not None else None  # (B, H1)
 
     def score_cached(self, batch: Batch, candidates: torch.Tensor, want_attention=False,
-                     frozen: tuple | None = None):
+                     frozen: tuple | None = None, own: torch.Tensor | None = None):
         """Target-position output with history keys/values computed once per user.
 
         candidates: (C,) shared by all users, or (B, C) per user. ``frozen``: the
         catalogue's precomputed candidate side (see ``freeze_catalog``).
         """
         b = batch.hist_item.shape[0]
-        h = self.history_tokens(batch)  # (B, L, D)
-        mask = batch.hist_mask  # (B, L)
+        layers, mask = self.encode_history(batch)
         t0 = frozen[0] if frozen else self.target_tokens(candidates)  # (C, D) or (B, C, D)
         t = t0[None] if candidates.dim() == 1 else t0  # (1|B, C, D)
-        # History tokens attend only to history, so every block's history states are
-        # candidate-independent. Rows of all-padding histories would softmax to NaN:
-        # let a padded query attend to itself (its output is never read).
-        eye = torch.eye(h.shape[1], dtype=torch.bool, device=h.device)
-        hist_mask = mask[:, None, :] | (~mask[:, :, None] & eye)  # (B, L, L)
         att_first = None
         has_hist = mask.any(1)[:, None, None]  # (B, 1, 1)
-        for i, blk in enumerate(self.blocks):
-            d = h.shape[-1]  # history queries are never read: project keys and values only
-            kv = F.linear(h, blk.qkv.weight[d:], blk.qkv.bias[d:])
-            k_h, v_h = (blk.split(z) for z in kv.chunk(2, -1))  # (B, H, L, dh)
+        for i, (blk, (_h, k_h, v_h)) in enumerate(zip(self.blocks, layers, strict=True)):
             if i == 0 and frozen:
                 q_t, k_t, v_t = frozen[1]
             else:
@@ -289,17 +323,63 @@ class BST(Recommender):
             out = (e_h @ v_h + e_t * v_t) / z  # (B, H, C, dh)
             attn_out = blk.merge(out)  # (B, C, D)
             t = blk.finish(t.expand(b, -1, -1), attn_out)
-            if i + 1 < len(self.blocks):
-                h, _ = blk(h, hist_mask)
         aff = None
         if self.cfg.interaction_features:
             lse = (m + sum_h.clamp_min(1e-30).log()).squeeze(-1)  # (B, H, C)
             aff = torch.where(has_hist, lse, 0.0).permute(0, 2, 1)  # (B, C, H)
             attn_out = attn_out * t0
-        scores = self.head(t, attn_out, aff, self._user_part(batch))
+        whole = frozen is not None or (candidates.dim() == 1 and len(candidates) == self.n_items
+                                       and own is None)  # score_all: one scatter per row
+        wide = self.wide_feature(batch, None if whole else candidates, own)
+        scores = self.head(t, attn_out, aff, self._user_part(batch), wide)
+        if self.dot_proj is not None:
+            u = self.dot_user(layers, mask)  # (B, D)
+            scores = scores + (u @ t0.T if t0.dim() == 2 else (u[:, None, :] * t0).sum(-1))
         return scores, att_first
 
-    def score_plain(self, batch: Batch, candidates: torch.Tensor, want_attention=False):
+    def encode_history(self, batch: Batch):
+        """Per block, the history states entering it and their keys and values.
+
+        History tokens attend only to history, so every block's history states are
+        candidate-independent: computed once per user, whatever the candidates. Rows of
+        all-padding histories would softmax to NaN: a padded query attends to itself
+        (its output is never read). Returns [(h (B, L, D), k (B, H, L, dh), v)], mask.
+        """
+        h = self.history_tokens(batch)  # (B, L, D)
+        mask = batch.hist_mask  # (B, L)
+        eye = torch.eye(h.shape[1], dtype=torch.bool, device=h.device)
+        hist_mask = mask[:, None, :] | (~mask[:, :, None] & eye)  # (B, L, L)
+        layers = []
+        for i, blk in enumerate(self.blocks):
+            d = h.shape[-1]  # history queries are never read: project keys and values only
+            kv = F.linear(h, blk.qkv.weight[d:], blk.qkv.bias[d:])
+            k_h, v_h = (blk.split(z) for z in kv.chunk(2, -1))  # (B, H, L, dh)
+            layers.append((h, k_h, v_h))
+            if i + 1 < len(self.blocks):
+                h, _ = blk(h, hist_mask)
+        return layers, mask
+
+    def dot_user(self, layers, mask: torch.Tensor) -> torch.Tensor:
+        """The user side of the dot-product term: the last block's output at the newest
+        watch (as SASRec reads it), projected. (B, D); zero for an empty history.
+
+        Only that one query row is computed: the same as running the block over the
+        whole history and reading its last position.
+        """
+        blk = self.blocks[-1]
+        h, k_h, v_h = layers[-1]
+        d = h.shape[-1]
+        x = h[:, -1:]  # (B, 1, D) the newest watch (histories are left-padded)
+        q = blk.split(F.linear(x, blk.qkv.weight[:d], blk.qkv.bias[:d]))  # (B, H, 1, dh)
+        s = (q @ k_h.transpose(-1, -2)) / math.sqrt(q.shape[-1])  # (B, H, 1, L)
+        s = s.masked_fill(~mask[:, None, None, :], float("-inf"))
+        has = mask[:, -1:]  # (B, 1)
+        att = torch.where(has[:, :, None, None], s, 0.0).softmax(-1)
+        u = blk.finish(x, blk.merge(att @ v_h))[:, 0]  # (B, D)
+        return self.dot_proj(u) * has
+
+    def score_plain(self, batch: Batch, candidates: torch.Tensor, want_attention=False,
+                    own: torch.Tensor | None = None):
         """The literal computation: one (L + 1)-token sequence per (user, candidate)."""
         b, seq_len = batch.hist_item.shape
         if candidates.dim() == 1:
@@ -337,7 +417,18 @@ class BST(Recommender):
             out, logits = self._target_attention(self.blocks[-1], attn_in, allow)
             aff = self._affinity(logits.view(b, c, -1, n).permute(0, 2, 1, 3))
             prod = out.view(b, c, -1) * t0
-        return self.head(seq_out, prod, aff, self._user_part(batch)), att_first
+        wide = self.wide_feature(batch, candidates, own)
+        scores = self.head(seq_out, prod, aff, self._user_part(batch), wide)
+        if self.dot_proj is not None:
+            # the literal computation: every block over the history alone, last position
+            hist = self.history_tokens(batch)
+            eye = torch.eye(seq_len, dtype=torch.bool, device=hist.device)
+            m = batch.hist_mask
+            for blk in self.blocks:
+                hist, _ = blk(hist, m[:, None, :] | (~m[:, :, None] & eye))
+            u = self.dot_proj(hist[:, -1]) * m[:, -1:]
+            scores = scores + (u[:, None, :] * t0).sum(-1)
+        return scores, att_first
 
     @staticmethod
     def _affinity(logits: torch.Tensor) -> torch.Tensor:
@@ -363,6 +454,19 @@ class BST(Recommender):
         return blk.merge(att @ v)[:, -1], logits  # (N, D), (N, H, 1, T)
 
     # ------------------------------------------------------------------ training
+    def full_softmax_loss(self, batch: Batch) -> torch.Tensor | float:
+        """Cross-entropy of the dot-product term over the whole catalogue (0 if off)."""
+        if self.dot_proj is None:
+            return 0.0
+        u = self.dot_user(*self.encode_history(batch))  # (B, D)
+        items = torch.arange(1, self.n_items + 1, device=u.device)
+        logits = u @ self.target_tokens(items).T  # (B, n_items)
+        return F.cross_entropy(logits, batch.target - 1)
+
+    def _own_pairs(self, batch: Batch) -> torch.Tensor | None:
+        """(B,) what a training target's own pairs add to its co-occurrence count."""
+        return None if self.wide is None else self.wide.self_count(batch.hist_item)
+
     def loss(self, batch: Batch, negatives: torch.Tensor | None = None,
              loss: str = "sampled-softmax", neg_logq: torch.Tensor | None = None) -> torch.Tensor:
         if self.task == "rating":
@@ -372,19 +476,25 @@ class BST(Recommender):
             raise ValueError("ranking loss needs negatives")
         if loss == "sampled-softmax":
             # candidates: each row's positive, then negatives shared by the batch
-            pos = self.score(batch, batch.target[:, None])  # (B, 1)
+            own = self._own_pairs(batch)
+            pos = self.score(batch, batch.target[:, None],
+                             own=None if own is None else own[:, None])  # (B, 1)
             neg = self.score(batch, negatives)  # (B, N)
             if neg_logq is not None:  # popularity sampler: logQ correction
                 neg = neg - neg_logq[None, :]
             neg = neg.masked_fill(negatives[None, :] == batch.target[:, None], float("-inf"))
             logits = torch.cat([pos, neg], 1)
             target = torch.zeros(len(batch), dtype=torch.long, device=logits.device)
-            return F.cross_entropy(logits, target)
+            return F.cross_entropy(logits, target) + self.full_softmax_loss(batch)
         if loss == "bce":
             # negatives (B, N) per positive, the paper's click-through loss
             cand = torch.cat([batch.target[:, None], negatives], 1)  # (B, 1 + N)
-            logits = self.score(batch, cand)
+            own = self._own_pairs(batch)
+            if own is not None:
+                own = torch.cat([own[:, None], own.new_zeros(negatives.shape)], 1)
+            logits = self.score(batch, cand, own=own)
             labels = torch.zeros_like(logits)
             labels[:, 0] = 1
-            return F.binary_cross_entropy_with_logits(logits, labels)
+            return (F.binary_cross_entropy_with_logits(logits, labels)
+                    + self.full_softmax_loss(batch))
         raise ValueError(f"unknown ranking loss {loss!r} (sampled-softmax | bce)")

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
 from bstrec.config import RunConfig
 from bstrec.data.interactions import Dataset
 from bstrec.models.base import Recommender
-from bstrec.models.baselines import Popularity, RatingBaseline, Transitions
+from bstrec.models.baselines import Popularity, RatingBaseline
 from bstrec.models.bst import BST, CatalogFeatures
+from bstrec.models.cooccurrence import Cooccurrence, tune_cooccurrence
+from bstrec.models.ease import EASE, tune_ease
+from bstrec.models.itemknn import ItemKNN, tune_itemknn
 
-RANKING_BASELINES = ("popularity", "transitions")
+RANKING_BASELINES = ("popularity", "cooccurrence", "itemknn", "ease")
 RATING_BASELINES = ("global-mean", "user-mean", "bias")
 MODELS = ("bst", *RANKING_BASELINES, *RATING_BASELINES)
 
@@ -33,26 +38,49 @@ def build_model(cfg: RunConfig, cat: CatalogFeatures) -> Recommender:
         return BST(m, cat, cfg.data.max_len)
     if m.name == "popularity":
         return Popularity(cat.n_items)
-    if m.name == "transitions":
-        return Transitions(cat.n_items, m.window, m.last_n, m.decay)
+    if m.name == "cooccurrence":
+        return Cooccurrence(cat.n_items)
+    if m.name == "itemknn":
+        return ItemKNN(cat.n_items)
+    if m.name == "ease":
+        return EASE(cat.n_items)
     if m.name in RATING_BASELINES:
         return RatingBaseline(cat.n_items, cat.n_users)
     raise ValueError(f"unknown model {m.name!r}; choose from {', '.join(MODELS)}")
 
 
-def fit_baseline(cfg: RunConfig, ds: Dataset, train_rows: np.ndarray) -> Recommender:
+def fit_baseline(cfg: RunConfig, ds: Dataset, train_rows: np.ndarray,
+                 validate: Callable[[Recommender], float] | None = None,
+                 log: Callable[[str], None] | None = None) -> Recommender:
+    """Fit a closed-form baseline on ``train_rows``; ``validate(model)`` (validation
+    NDCG@10) tunes the hyper-parameters of those that have some."""
     m = cfg.model
     if m.name == "popularity":
         return Popularity.fit(ds.item, train_rows, ds.n_items)
-    if m.name == "transitions":
-        return Transitions.fit(ds.item, ds.user, train_rows, ds.n_items, m.window, m.last_n,
-                               m.decay)
+    if m.name == "cooccurrence":
+        return fit_wide(ds, train_rows, validate, log)[0]
+    if m.name in ("itemknn", "ease"):
+        if validate is None:
+            raise ValueError(f"{m.name} tunes on validation targets: pass validate")
+        tune = tune_itemknn if m.name == "itemknn" else tune_ease
+        return tune(ds.item, ds.user, train_rows, ds.n_items, validate, log=log)[0]
     if m.name in RATING_BASELINES:
         if not ds.has_ratings:
             raise ValueError(f"{m.name} needs ratings; data set {ds.name} has none")
         return RatingBaseline.fit(m.name, ds.user, ds.item, ds.rating, train_rows,
                                   ds.n_users, ds.n_items)
-    raise ValueError(f"{m.name} is not a closed-form baseline")
+    raise ValueError(f"{m.name} is not a closed-form baseline; those are "
+                     f"{', '.join(RANKING_BASELINES + RATING_BASELINES)}")
+
+
+def fit_wide(ds: Dataset, train_rows: np.ndarray,
+             validate: Callable[[Recommender], float] | None,
+             log: Callable[[str], None] | None = None) -> tuple[Cooccurrence, list[dict]]:
+    """The co-occurrence model tuned on validation (a baseline, and BST's wide input),
+    with the grid's trials."""
+    if validate is None:
+        raise ValueError("cooccurrence tunes on validation targets: pass validate")
+    return tune_cooccurrence(ds.item, ds.user, train_rows, ds.n_items, validate, log=log)
 
 
 def task_of(name: str, requested: str) -> str:

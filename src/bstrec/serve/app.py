@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bstrec.data.interactions import DataError
-from bstrec.recommend import Recommender, UnknownIdError
+from bstrec.recommend import Recommender, UnknownIdError, plain_id
 
 log = logging.getLogger("bstrec.serve")
 
@@ -431,7 +431,8 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def api_error(_request: Request, exc: ApiError) -> JSONResponse:
         body = {"detail": exc.detail, "field": exc.field}
         if exc.ids is not None:
-            body["ids"] = exc.ids
+            # numbers where the ids are numbers, however they were given (path, JSON)
+            body["ids"] = list(dict.fromkeys(plain_id(i) for i in exc.ids))
         return JSONResponse(body, status_code=exc.status)
 
     @app.exception_handler(RequestValidationError)

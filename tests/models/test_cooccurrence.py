@@ -1,0 +1,137 @@
+"""Co-occurrence: counts against a brute-force recount, lookups, the self-pair
+correction BST's wide input relies on, and tuning on validation only."""
+
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from bstrec.data.batches import SequenceStore, training_rows
+from bstrec.data.splits import leave_one_out
+from bstrec.evaluate import evaluate_ranking
+from bstrec.models.cooccurrence import (
+    CooccurrenceParams,
+    count_pairs,
+    fit_cooccurrence,
+    tune_cooccurrence,
+)
+from tests.factories import tiny_dataset
+
+
+def brute_counts(ds, train_end, window, symmetric, pair_decay, skip=None):
+    """Pair weights by walking each user's training rows; ``skip`` leaves one row out
+    of every pair it takes part in."""
+    c = Counter()
+    for u in range(ds.n_users):
+        rows = list(range(ds.user_offsets[u], train_end[u]))
+        for i, r in enumerate(rows):
+            for k in range(1, window + 1):
+                if i + k >= len(rows) or skip in (r, rows[i + k]):
+                    continue
+                a, b = int(ds.item[r]) + 1, int(ds.item[rows[i + k]]) + 1
+                c[(a, b)] += pair_decay ** (k - 1)
+                if symmetric:
+                    c[(b, a)] += pair_decay ** (k - 1)
+    return c
+
+
+@pytest.mark.parametrize("window,symmetric,pair_decay", [(1, False, 1.0), (3, True, 0.7),
+                                                          (4, False, 0.5)])
+def test_counts_equal_a_brute_force_recount(window, symmetric, pair_decay):
+    ds = tiny_dataset(n_users=12, n_items=15, per_user=9)
+    sp = leave_one_out(ds)
+    keys, vals = count_pairs(ds.item + 1, ds.user, sp.train_rows(ds.user_offsets),
+                             ds.n_items + 1, window, symmetric, pair_decay)
+    size = ds.n_items + 1
+    got = {(int(k) // size, int(k) % size): float(v) for k, v in zip(keys, vals, strict=True)}
+    want = brute_counts(ds, sp.train_end, window, symmetric, pair_decay)
+    assert got.keys() == want.keys()  # never a pair across users or outside training
+    for k, v in want.items():
+        assert got[k] == pytest.approx(v, rel=1e-6)
+
+
+def test_pair_lookup_and_full_rows_agree():
+    ds = tiny_dataset()
+    sp = leave_one_out(ds)
+    params = CooccurrenceParams(window=3, symmetric=True, pair_decay=0.7, last_n=4,
+                                decay=0.6, alpha=0.25)
+    model = fit_cooccurrence(ds.item, ds.user, sp.train_rows(ds.user_offsets), ds.n_items,
+                             params)
+    store = SequenceStore(ds)
+    batch = store.batch_for_targets(torch.from_numpy(sp.targets("test")), 6)
+    cands = torch.arange(1, ds.n_items + 1)
+    torch.testing.assert_close(model.score(batch, cands), model.score_all(batch))
+    # and the scorer matches the definition on one user, by hand
+    counts = brute_counts(ds, sp.train_end, 3, True, 0.7)
+    hist = batch.hist_item[0].tolist()[::-1][:4]  # newest first
+    pop = np.bincount(ds.item[sp.train_rows(ds.user_offsets)] + 1, minlength=ds.n_items + 1)
+    for c in (1, 5, 9):
+        raw = sum(0.6**j * counts.get((h, c), 0.0) for j, h in enumerate(hist) if h > 0)
+        want = raw / max(pop[c], 1) ** 0.25 + 1e-6 * pop[c] / pop.max()
+        assert model.score_all(batch)[0, c - 1].item() == pytest.approx(want, rel=1e-5)
+
+
+def test_self_count_removes_exactly_the_training_targets_own_pairs():
+    """What BST's wide input sees for a training target equals the count of a model fitted
+    without that target's pairs: the statistic validation and test targets get."""
+    ds = tiny_dataset(n_users=10, n_items=12, per_user=10)
+    sp = leave_one_out(ds)
+    params = CooccurrenceParams(window=3, symmetric=True, pair_decay=0.5, last_n=5, decay=0.7)
+    model = fit_cooccurrence(ds.item, ds.user, sp.train_rows(ds.user_offsets), ds.n_items,
+                             params)
+    store = SequenceStore(ds)
+    rows = training_rows(ds, sp.train_end)
+    batch = store.batch_for_targets(torch.from_numpy(rows), 8)
+    raw = model.scorer.raw(batch.hist_item, batch.target[:, None])[:, 0]
+    corrected = raw - model.scorer.self_count(batch.hist_item)
+    for i in range(0, len(rows), 7):
+        r = int(rows[i])
+        # pairs of the target row with the rows *before* it are its own; pairs with later
+        # rows are other events of that user, which a validation target also keeps
+        counts = brute_counts(ds, np.minimum(sp.train_end, r + 1), 3, True, 0.5)
+        without = brute_counts(ds, np.minimum(sp.train_end, r + 1), 3, True, 0.5, skip=r)
+        later = brute_counts(ds, sp.train_end, 3, True, 0.5)
+        hist = [h for h in batch.hist_item[i].tolist()[::-1][:5]]
+        t = int(batch.target[i])
+        want = sum(0.7**j * (later.get((h, t), 0) - counts.get((h, t), 0)
+                             + without.get((h, t), 0)) for j, h in enumerate(hist) if h > 0)
+        assert corrected[i].item() == pytest.approx(want, abs=1e-5)
+
+
+def test_tuning_reads_only_validation_and_keeps_the_best_trial():
+    ds = tiny_dataset(n_users=40)
+    sp = leave_one_out(ds)
+    store = SequenceStore(ds)
+    seen = []
+
+    def val_ndcg(m):
+        seen.append(1)
+        return evaluate_ranking(m, store, sp.targets("val"), 6)["NDCG@10"]
+
+    model, trials = tune_cooccurrence(ds.item, ds.user, sp.train_rows(ds.user_offsets),
+                                      ds.n_items, val_ndcg)
+    assert len(trials) == len(seen) > 10
+    best = max(trials, key=lambda t: t["val_NDCG@10"])
+    assert val_ndcg(model) == pytest.approx(best["val_NDCG@10"])
+    # on chains the directed next-movie signal beats popularity
+    assert best["val_NDCG@10"] > 0.3
+
+
+def test_dense_and_sparse_lookups_agree(monkeypatch):
+    import bstrec.models.cooccurrence as co
+
+    ds = tiny_dataset()
+    sp = leave_one_out(ds)
+    params = CooccurrenceParams(window=2, symmetric=False, last_n=3, decay=0.5)
+    model = fit_cooccurrence(ds.item, ds.user, sp.train_rows(ds.user_offsets), ds.n_items,
+                             params)
+    batch = SequenceStore(ds).batch_for_targets(torch.from_numpy(sp.targets("val")), 5)
+    cands = torch.randint(1, ds.n_items + 1, (len(batch), 7))
+    assert model.scorer.dense() is not None
+    dense = (model.scorer.raw(batch.hist_item, cands), model.score_all(batch))
+    monkeypatch.setattr(co, "DENSE_MAX_ITEMS", 0)
+    assert model.scorer.dense() is None
+    sparse = (model.scorer.raw(batch.hist_item, cands), model.score_all(batch))
+    for a, b in zip(dense, sparse, strict=True):
+        torch.testing.assert_close(a, b)
