@@ -26,24 +26,35 @@ from bstrec.config import RunConfig
 from bstrec.data.batches import SequenceStore
 from bstrec.data.splits import make_split, seed_windows
 from bstrec.evaluate import evaluate_ranking, evaluate_rating
-from bstrec.models.factory import build_model, catalog_features, fit_baseline
+from bstrec.models.factory import build_model, catalog_features
 from bstrec.train import train
 
 
-def baselines(ds, split, store, max_len: int, which: list[str]) -> None:
-    train_rows = split.train_rows(ds.user_offsets)
+def peers(ds, split, out: Path, which: list[str], sasrec_minutes: float) -> None:
+    """Fit (or train) each peer through the same trainer as BST, then read test once."""
+    from bstrec.run_dir import load_run
+
     for name in which:
         cfg = RunConfig()
         cfg.model.name = name
-        t0 = time.perf_counter()
-        model = fit_baseline(cfg, ds, train_rows)
-        fit_s = time.perf_counter() - t0
+        cfg.train.progress = False
+        if name == "sasrec":  # the same wall-clock budget as the default BST run
+            cfg.train.max_minutes = sasrec_minutes
+            cfg.train.epochs = 100
+        res = train(cfg, ds, out / name, log=lambda m: print(m, file=sys.stderr))
+        run = load_run(out / name)  # the checkpoint chosen on validation
+        store = SequenceStore(ds, run.user_feature_names)
         rows = split.targets("test")
-        if model.task == "rating":
-            m = evaluate_rating(model, store, rows, max_len)
+        if run.model.task == "rating":
+            m = evaluate_rating(run.model, store, rows, cfg.data.max_len)
         else:
-            m = evaluate_ranking(model, store, rows, max_len)
-        emit({"model": name, "split": "test", **m, "train_seconds": fit_s})
+            m = evaluate_ranking(run.model, store, rows, cfg.data.max_len)
+        tuned = {}
+        if (out / name / "tuning.jsonl").exists():
+            trials = [json.loads(x) for x in (out / name / "tuning.jsonl").read_text().split()]
+            tuned = {"tuned": max(trials, key=lambda t: t.get("val_NDCG@10", -1))}
+        emit({"model": name, "split": "test", **m, "train_seconds": res.train_seconds,
+              "best_val": res.best.get("NDCG@10", res.best.get("RMSE")), **tuned})
 
 
 def bst(ds, split, store, task: str, minutes: float, out: Path, sets: list[str],
@@ -120,8 +131,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(DEFAULT_DATA))
     p.add_argument("--out", default="runs/bench")
-    p.add_argument("--only", nargs="*", default=["baselines", "ranking", "rating", "S"])
-    p.add_argument("--ranking-minutes", type=float, default=20.0)
+    p.add_argument("--only", nargs="*", default=["baselines", "sasrec", "ranking", "rating", "S"])
+    p.add_argument("--ranking-minutes", type=float, default=0.0,
+                   help="BST time limit (0: the default epochs); also SASRec's budget")
     p.add_argument("--rating-minutes", type=float, default=6.0)
     p.add_argument("--s-minutes", type=float, default=3.0)
     p.add_argument("--set", action="append", default=[], help="config override for BST")
@@ -141,10 +153,11 @@ def main(argv=None) -> int:
     split = make_split(ds, "leave-one-out")
     store = SequenceStore(ds)
     out = Path(args.out)
-    max_len = RunConfig().data.max_len
     if "baselines" in args.only:
-        baselines(ds, split, store, max_len,
-                  ["popularity", "transitions", "global-mean", "user-mean", "bias"])
+        peers(ds, split, out, ["popularity", "itemknn", "ease", "cooccurrence",
+                               "global-mean", "user-mean", "bias"], 0.0)
+    if "sasrec" in args.only:
+        peers(ds, split, out, ["sasrec"], args.ranking_minutes or 10.0)
     if "ranking" in args.only:
         bst(ds, split, store, "ranking", args.ranking_minutes, out, args.set, args.ranking_run)
     if "rating" in args.only:

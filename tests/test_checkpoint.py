@@ -100,7 +100,7 @@ def test_no_temp_files_are_left_behind(tmp_path):
 def _tiny_cli_args(data, out, *extra):
     return ["train", "--data", str(data), "--out", str(out), "--device", "cpu",
             "--set", "model.dim=16", "--set", "model.mlp=[16, 8]", "--set", "data.max_len=5",
-            "--set", "train.batch_size=128", "--set", "train.negatives=8",
+            "--set", "train.batch_size=32", "--set", "train.negatives=8",
             "--set", "train.threads=1", "--set", "train.progress=false", *extra]
 
 
@@ -153,7 +153,7 @@ def test_cli_resume_refuses_changed_settings(tmp_path, synth_data, restore_threa
     assert runner.invoke(app, _tiny_cli_args(synth_data, run, "--set", "train.epochs=1")
                          ).exit_code == 0
     r = runner.invoke(app, ["train", "--resume", str(run), "--set", "train.batch_size=7"])
-    assert r.exit_code == 1 and "train.batch_size: 128 -> 7" in r.output
+    assert r.exit_code == 1 and "train.batch_size: 32 -> 7" in r.output
     r = runner.invoke(app, ["train", "--resume", str(run), "--model", "popularity"])
     assert r.exit_code == 2 and "--model" in r.output  # a usage error
     r = runner.invoke(app, ["train", "--resume", str(tmp_path / "nothing")])

@@ -22,10 +22,11 @@ from bstrec.config import RunConfig
 from bstrec.run_dir import load_run
 from bstrec.train import TrainingError, train
 
-# 1826 training rows / batch 128 = 15 steps per epoch; evaluations every 8 steps and at
-# epoch ends, checkpoints every 5 steps and at epoch ends
+# 1826 training rows / batch 128 = 15 steps per epoch (every row a target); evaluations
+# every 8 steps and at epoch ends, checkpoints every 5 steps and at epoch ends
 SETTINGS = {"model.dim": 16, "model.heads": 2, "model.mlp": [16, 8], "data.max_len": 5,
             "train.epochs": 2, "train.batch_size": 128, "train.negatives": 8,
+            "train.target_stride": 1,
             "train.eval_every": 0.5, "train.checkpoint_every_steps": 5,
             "train.patience": 10, "train.threads": 1, "train.progress": False,
             "train.device": "cpu", "train.seed": 3}

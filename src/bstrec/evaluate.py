@@ -17,6 +17,18 @@ from bstrec.data.splits import ranges
 from bstrec.models.base import Recommender
 
 
+def sample_targets(rows: np.ndarray, max_users: int, seed: int = 12345) -> np.ndarray:
+    """A fixed, seeded sample of at most ``max_users`` target rows (0 = all), in order.
+
+    The same sample every call, so that figures along a run are comparable; its
+    standard error is reported beside each figure (``NDCG@10_se``).
+    """
+    if max_users <= 0 or max_users >= len(rows):
+        return rows
+    pick = np.random.default_rng(seed).choice(len(rows), max_users, replace=False)
+    return rows[np.sort(pick)]
+
+
 def target_ranks(scores: torch.Tensor, target_idx: torch.Tensor, seen_b: torch.Tensor,
                  seen_i: torch.Tensor) -> torch.Tensor:
     """0-based rank of each target among unseen items, ties counted above the target.

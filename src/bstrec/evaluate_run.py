@@ -6,20 +6,23 @@ from pathlib import Path
 
 from bstrec.data.batches import SequenceStore
 from bstrec.data.splits import make_split
-from bstrec.evaluate import evaluate_ranking, evaluate_rating
+from bstrec.evaluate import evaluate_ranking, evaluate_rating, sample_targets
 from bstrec.run_dir import load_run
 
 
-def evaluate_run(run_dir: Path, split: str = "val") -> dict:
+def evaluate_run(run_dir: Path, split: str = "val", users: int = 0,
+                 now: str = "last-input") -> dict:
+    """Protocol R or T of a run folder; ``users`` > 0: the fixed sample of that many
+    users that training validates on; ``now="target"``: R-paper, labelled so."""
     run = load_run(run_dir)
     ds = run.dataset
     sp = make_split(ds, run.config.data.split)
     store = SequenceStore(ds, run.user_feature_names)
-    rows = sp.targets(split)
+    rows = sample_targets(sp.targets(split), users)
     max_len = run.config.data.max_len
     if run.model.task == "rating":
         m = evaluate_rating(run.model, store, rows, max_len)
     else:
-        m = evaluate_ranking(run.model, store, rows, max_len)
+        m = evaluate_ranking(run.model, store, rows, max_len, now=now)
     return {"model": run.config.model.name, "task": run.model.task, "data": ds.name,
             "split": split, **m}

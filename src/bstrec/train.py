@@ -39,10 +39,17 @@ from bstrec.distributed import (
     shard_bounds,
 )
 from bstrec.distributed import setup as setup_distributed
-from bstrec.evaluate import evaluate_ranking, evaluate_rating
+from bstrec.evaluate import evaluate_ranking, evaluate_rating, sample_targets
 from bstrec.models.base import Recommender
 from bstrec.models.cooccurrence import ppmi_embeddings
-from bstrec.models.factory import build_model, catalog_features, fit_baseline, fit_wide, task_of
+from bstrec.models.factory import (
+    TRAINED,
+    build_model,
+    catalog_features,
+    fit_baseline,
+    fit_wide,
+    task_of,
+)
 from bstrec.run_dir import atomic_write_text, save_model, write_data_files
 from bstrec.sampling import NegativeSampler, training_loss
 
@@ -68,10 +75,7 @@ def validate(model: Recommender, store: SequenceStore, split: Split, max_len: in
     ``max_users`` > 0 scores a fixed sample of that many users (seeded, the same in
     every call), so that large data sets validate in bounded time.
     """
-    rows = split.targets(which)
-    if 0 < max_users < len(rows):
-        pick = np.random.default_rng(12345).choice(len(rows), max_users, replace=False)
-        rows = rows[np.sort(pick)]
+    rows = sample_targets(split.targets(which), max_users)
     if ctx is not None and ctx.enabled:
         rows = rows[shard_bounds(len(rows), ctx.rank, ctx.world)]
     if model.task == "rating":
@@ -129,7 +133,7 @@ def _train(cfg: RunConfig, ds: Dataset, out: Path, log, ctx: DistContext,
     store = SequenceStore(ds, names)
     cat = catalog_features(ds, names)
     ck = None
-    if resume and cfg.model.name == "bst":
+    if resume and cfg.model.name in TRAINED:
         # rank 0 reads and verifies, every rank gets the same state (nodes need not
         # share a file system for the checkpoint)
         ck = _load_checkpoint(out, log) if ctx.is_main else None
@@ -148,7 +152,7 @@ def _train(cfg: RunConfig, ds: Dataset, out: Path, log, ctx: DistContext,
             for stale in ("last.pt", "previous.pt"):
                 (checkpoint.checkpoint_dir(out) / stale).unlink(missing_ok=True)
 
-    if cfg.model.name != "bst":
+    if cfg.model.name not in TRAINED:
         return _fit_baseline(cfg, ds, out, split, store, cat, ctx, log)
 
     tr = Trainer(cfg, ds, store, split, ctx, cat, fit_wide_part=ck is None, log=log)
@@ -333,6 +337,17 @@ def init_item_embeddings(model) -> None:
         model.item_emb.weight.copy_(vec / vec[1:].std().clamp(min=1e-12) * std)
 
 
+def fit_rating_base(model, ds: Dataset, train_rows: np.ndarray) -> None:
+    """The rating model's wide part: mean and movie biases of the training ratings."""
+    from bstrec.models.baselines import RatingBaseline
+
+    base = RatingBaseline.fit("bias", ds.user, ds.item, ds.rating, train_rows, ds.n_users,
+                              ds.n_items)
+    with torch.no_grad():
+        model.mean_rating.copy_(base.mean)
+        model.item_bias.copy_(base.item_bias)
+
+
 class Trainer:
     """One rank's model, optimizer, negative sampler and share of each global batch."""
 
@@ -345,7 +360,7 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
         self.model = build_model(cfg, cat)
         t0 = time.perf_counter()
-        if self.model.wide is not None and fit_wide_part:
+        if getattr(self.model, "wide", None) is not None and fit_wide_part:
             # deterministic, so every rank fits the same; a resumed run loads it instead
             wide, _ = fit_wide(ds, split.train_rows(ds.user_offsets), _val_ndcg(store, split,
                                cfg.data.max_len, cfg.data.now))
@@ -355,9 +370,12 @@ class Trainer:
             if log:
                 log(f"wide part: co-occurrence {wide.scorer.p} tuned on validation in "
                     f"{time.perf_counter() - t0:.1f}s")
+        if self.model.task == "rating" and cfg.model.wide != "none" and fit_wide_part:
+            fit_rating_base(self.model, ds, split.train_rows(ds.user_offsets))
         self.setup_seconds = time.perf_counter() - t0
         self.model = self.model.to(self.device)
-        rows = training_rows(ds, split.train_end)
+        stride = cfg.train.target_stride or getattr(self.model, "rows_stride", 1)
+        rows = training_rows(ds, split.train_end, stride)
         if len(rows) == 0:
             raise ValueError(f"data set {ds.name}: no training examples (users need >= 4 rows)")
         self.gen = torch.Generator().manual_seed(cfg.train.seed)
@@ -579,13 +597,16 @@ def _val_ndcg(store: SequenceStore, split: Split, max_len: int, now: str):
 
 def _fit_baseline(cfg, ds, out, split, store, cat, ctx, log) -> TrainResult:
     t_start = time.perf_counter()
-    model = fit_baseline(cfg, ds, split.train_rows(ds.user_offsets),
-                         _val_ndcg(store, split, cfg.data.max_len, cfg.data.now))
+    model, trials = fit_baseline(cfg, ds, split.train_rows(ds.user_offsets),
+                                 _val_ndcg(store, split, cfg.data.max_len, cfg.data.now))
     m = validate(model, store, split, cfg.data.max_len, now=cfg.data.now)
     rec = {"epoch": 0, "split": "val", **m, "train_seconds": time.perf_counter() - t_start}
     result = TrainResult(out, model, rec, [rec], rec["train_seconds"], ctx.rank)
     if ctx.is_main:
         _append_jsonl(out / "metrics.jsonl", rec)
+        if trials:  # the hyper-parameter grid, each tried on the validation targets
+            atomic_write_text(out / "tuning.jsonl",
+                              "".join(json.dumps(t) + "\n" for t in trials))
         save_model(out, model, cfg, cat)
         _write_summary(out, cfg, ds, result)
     return result

@@ -104,7 +104,7 @@ def test_tuning_keeps_the_lambda_with_the_best_validation_score():
     assert best is not trials[-1]  # else "keep the last fitted" would pass too
     # the factory tunes the same way
     cfg = RunConfig(model=ModelConfig(name="ease"))
-    assert fit_baseline(cfg, ds, rows, val_ndcg).lam.item() == best["lam"]
+    assert fit_baseline(cfg, ds, rows, val_ndcg)[0].lam.item() == best["lam"]
     with pytest.raises(ValueError, match="validate"):
         fit_baseline(cfg, ds, rows)
 

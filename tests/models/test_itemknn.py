@@ -123,7 +123,7 @@ def test_tuning_keeps_the_trial_with_the_best_validation_score():
     assert best is not trials[-1]  # else "keep the last fitted" would pass too
     # the factory tunes the same way
     cfg = RunConfig(model=ModelConfig(name="itemknn"))
-    assert fit_baseline(cfg, ds, rows, val_ndcg).p == model.p
+    assert fit_baseline(cfg, ds, rows, val_ndcg)[0].p == model.p
     with pytest.raises(ValueError, match="validate"):
         fit_baseline(cfg, ds, rows)
 

@@ -16,6 +16,11 @@ def register(app: typer.Typer) -> None:
 def evaluate(
     run_dir: Path = typer.Argument(..., help="Run folder written by `bstrec train`"),
     split: str = typer.Option("val", "--split", help="val | test (read test once, at the end)"),
+    users: int = typer.Option(0, "--users", min=0, help="Evaluate a fixed, seeded sample of "
+                              "this many users (0: all); the standard error is reported"),
+    paper: bool = typer.Option(False, "--paper", help="R-paper: the gap feature measured "
+                               "from the target's own time (the BST paper's offline "
+                               "choice), not from the last input watch (protocol R)"),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output"),
 ) -> None:
     """Full-catalogue ranking metrics (protocol R) or rating errors (protocol T)."""
@@ -24,7 +29,8 @@ def evaluate(
     with fail_cleanly((ValueError,)):
         if split not in ("val", "test"):
             raise UsageError(f"--split must be val or test, not {split!r}")
-        metrics = evaluate_run(run_dir, split)
+        metrics = evaluate_run(run_dir, split, users=users,
+                               now="target" if paper else "last-input")
     if json_out:
         emit_json(metrics)
         return

@@ -180,10 +180,17 @@ def history_batch(item_tokens: list[int], max_len: int, n_user_feats: int,
     )
 
 
-def training_rows(ds: Dataset, train_end: np.ndarray) -> np.ndarray:
-    """Every training row that has at least one earlier training row as history."""
+def training_rows(ds: Dataset, train_end: np.ndarray, stride: int = 1) -> np.ndarray:
+    """Every training row that has at least one earlier training row as history.
+
+    ``stride`` > 1 keeps every stride-th of them, counted back from each user's last
+    training row: for models that learn from every position of a window.
+    """
     from bstrec.data.splits import ranges
 
     starts = ds.user_offsets[:-1] + 1
     lengths = np.maximum(train_end - starts, 0)
-    return ranges(starts, lengths)
+    rows = ranges(starts, lengths)
+    if stride > 1:
+        rows = rows[(train_end[ds.user[rows]] - 1 - rows) % stride == 0]
+    return rows

@@ -15,10 +15,12 @@ from bstrec.models.bst import BST, CatalogFeatures
 from bstrec.models.cooccurrence import Cooccurrence, tune_cooccurrence
 from bstrec.models.ease import EASE, tune_ease
 from bstrec.models.itemknn import ItemKNN, tune_itemknn
+from bstrec.models.sasrec import SASRec
 
 RANKING_BASELINES = ("popularity", "cooccurrence", "itemknn", "ease")
 RATING_BASELINES = ("global-mean", "user-mean", "bias")
-MODELS = ("bst", *RANKING_BASELINES, *RATING_BASELINES)
+TRAINED = ("bst", "sasrec")  # by gradient, with the trainer
+MODELS = (*TRAINED, *RANKING_BASELINES, *RATING_BASELINES)
 
 
 def catalog_features(ds: Dataset, user_feature_names: list[str]) -> CatalogFeatures:
@@ -36,6 +38,10 @@ def build_model(cfg: RunConfig, cat: CatalogFeatures) -> Recommender:
     m = cfg.model
     if m.name == "bst":
         return BST(m, cat, cfg.data.max_len)
+    if m.name == "sasrec":
+        if m.task != "ranking":
+            raise ValueError("sasrec ranks movies: use task ranking")
+        return SASRec(m, cat.n_items, cfg.data.max_len)
     if m.name == "popularity":
         return Popularity(cat.n_items)
     if m.name == "cooccurrence":
@@ -51,24 +57,26 @@ def build_model(cfg: RunConfig, cat: CatalogFeatures) -> Recommender:
 
 def fit_baseline(cfg: RunConfig, ds: Dataset, train_rows: np.ndarray,
                  validate: Callable[[Recommender], float] | None = None,
-                 log: Callable[[str], None] | None = None) -> Recommender:
+                 log: Callable[[str], None] | None = None
+                 ) -> tuple[Recommender, list[dict]]:
     """Fit a closed-form baseline on ``train_rows``; ``validate(model)`` (validation
-    NDCG@10) tunes the hyper-parameters of those that have some."""
+    NDCG@10) tunes the hyper-parameters of those that have some. Returns the model and
+    the tuning grid's trials (empty for the untuned)."""
     m = cfg.model
     if m.name == "popularity":
-        return Popularity.fit(ds.item, train_rows, ds.n_items)
+        return Popularity.fit(ds.item, train_rows, ds.n_items), []
     if m.name == "cooccurrence":
-        return fit_wide(ds, train_rows, validate, log)[0]
+        return fit_wide(ds, train_rows, validate, log)
     if m.name in ("itemknn", "ease"):
         if validate is None:
             raise ValueError(f"{m.name} tunes on validation targets: pass validate")
         tune = tune_itemknn if m.name == "itemknn" else tune_ease
-        return tune(ds.item, ds.user, train_rows, ds.n_items, validate, log=log)[0]
+        return tune(ds.item, ds.user, train_rows, ds.n_items, validate, log=log)
     if m.name in RATING_BASELINES:
         if not ds.has_ratings:
             raise ValueError(f"{m.name} needs ratings; data set {ds.name} has none")
         return RatingBaseline.fit(m.name, ds.user, ds.item, ds.rating, train_rows,
-                                  ds.n_users, ds.n_items)
+                                  ds.n_users, ds.n_items), []
     raise ValueError(f"{m.name} is not a closed-form baseline; those are "
                      f"{', '.join(RANKING_BASELINES + RATING_BASELINES)}")
 
