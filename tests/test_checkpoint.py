@@ -101,7 +101,8 @@ def _tiny_cli_args(data, out, *extra):
     return ["train", "--data", str(data), "--out", str(out), "--device", "cpu",
             "--set", "model.dim=16", "--set", "model.mlp=[16, 8]", "--set", "data.max_len=5",
             "--set", "train.batch_size=32", "--set", "train.negatives=8",
-            "--set", "train.threads=1", "--set", "train.progress=false", *extra]
+            "--set", "train.threads=1", "--set", "train.progress=false",
+            "--set", "train.eval_every=1", *extra]
 
 
 @pytest.fixture

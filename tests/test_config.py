@@ -105,3 +105,14 @@ def test_a_saved_config_loads_back_equal(tmp_path):
     cfg.save(tmp_path / "c.yaml")
     back = RunConfig.load(tmp_path / "c.yaml")
     assert back == cfg and type(back.train.max_minutes) is float
+
+
+def test_epochs_default_depends_on_the_task_and_is_written_resolved():
+    from bstrec.config import DEFAULT_EPOCHS, RunConfig
+
+    ranking, rating = RunConfig(), RunConfig()
+    rating.model.task = "rating"
+    assert ranking.resolve().train.epochs == DEFAULT_EPOCHS["ranking"]
+    assert rating.resolve().train.epochs == DEFAULT_EPOCHS["rating"]
+    explicit = RunConfig().override(["train.epochs=3"])
+    assert explicit.resolve().train.epochs == 3

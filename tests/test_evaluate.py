@@ -106,3 +106,21 @@ def test_nan_model_gets_nothing_end_to_end():
 
     m = evaluate_ranking(NaNs(ds.n_items), SequenceStore(ds), sp.targets("test"), 5)
     assert m["HR@20"] == 0.0 and m["NDCG@10"] == 0.0
+
+
+def test_sample_targets_is_fixed_and_bounded():
+    from bstrec.evaluate import sample_targets
+
+    rows = np.arange(100, 1100)
+    a, b = sample_targets(rows, 300), sample_targets(rows, 300)
+    assert len(a) == 300 and np.array_equal(a, b)  # the same sample every call
+    assert np.all(np.diff(a) > 0) and set(a) <= set(rows)
+    assert np.array_equal(sample_targets(rows, 0), rows)
+    assert np.array_equal(sample_targets(rows, 5000), rows)
+
+
+def test_standard_error_of_ndcg():
+    ranks = np.array([0, 1, 50, 50])
+    per_user = np.array([1.0, 1 / math.log2(3), 0.0, 0.0])
+    m = ranking_metrics(ranks)
+    assert math.isclose(m["NDCG@10_se"], per_user.std(ddof=1) / 2)

@@ -41,7 +41,7 @@ def _cfg(**train) -> RunConfig:
     cfg.data.max_len = 5
     cfg.train.epochs, cfg.train.batch_size, cfg.train.negatives = 2, 64, 16
     cfg.train.progress, cfg.train.patience, cfg.train.lr = False, 10, 1e-2
-    cfg.train.device, cfg.train.threads = "cpu", 1
+    cfg.train.device, cfg.train.threads, cfg.train.eval_every = "cpu", 1, 1.0
     for k, v in train.items():
         setattr(cfg.train, k, v)
     return cfg

@@ -125,6 +125,7 @@ def _quiet(_msg: str) -> None:
 def _train(cfg: RunConfig, ds: Dataset, out: Path, log, ctx: DistContext,
            resume: bool) -> TrainResult:
     cfg.model.task = task_of(cfg.model.name, cfg.model.task)
+    cfg.resolve()
     if cfg.model.task == "rating" and not ds.has_ratings:
         raise ValueError(f"task rating needs ratings; data set {ds.name} has none")
     _seed_everything(cfg.train.seed)
@@ -196,8 +197,11 @@ def _train(cfg: RunConfig, ds: Dataset, out: Path, log, ctx: DistContext,
             progress.update(1)
             progress.set_postfix(loss=f"{st.loss_sum / st.loss_n:.4f}", epoch=epoch)
             end_of_epoch = k + 1 == steps_per_epoch
-            if st.step % eval_steps == 0 or over or end_of_epoch:
+            last = end_of_epoch and epoch + 1 == cfg.train.epochs
+            if (st.step % eval_steps == 0 or over or last
+                    or (end_of_epoch and cfg.train.eval_every <= 1)):
                 st.train_time += time.perf_counter() - t_mark
+                progress.set_description("validating")  # not a silent pause
                 m = validate(model, store, split, cfg.data.max_len, device=tr.device, ctx=ctx,
                              now=cfg.data.now, max_users=cfg.train.val_users)
                 rec = {"epoch": epoch, "step": st.step, "fraction": st.step / steps_per_epoch,
@@ -217,6 +221,7 @@ def _train(cfg: RunConfig, ds: Dataset, out: Path, log, ctx: DistContext,
                 else:
                     st.bad_evals += 1
                 log(_describe(rec, improved))
+                progress.set_description("training")
                 model.train()
                 if st.bad_evals >= cfg.train.patience:
                     st.stop_reason = "patience"
@@ -353,7 +358,7 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig, ds: Dataset, store: SequenceStore, split: Split,
                  ctx: DistContext, cat=None, fit_wide_part: bool = True, log=None):
-        self.cfg, self.store, self.ctx, self.device = cfg, store, ctx, ctx.device
+        self.cfg, self.store, self.ctx, self.device = cfg.resolve(), store, ctx, ctx.device
         self.data_checksum = ds.checksum
         cat = cat if cat is not None else catalog_features(ds, store.user_feature_names)
         self.cat = cat

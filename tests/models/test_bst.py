@@ -156,3 +156,20 @@ def test_untrained_bst_ranks_as_its_wide_part_and_learns_from_there():
     assert torch.equal(sb, torch.sign(base[:, i] - base[:, j])[strict])
     assert model.tower is not None and model.wide is not None
 
+
+
+def test_rating_starts_at_the_bias_baseline_read_from_the_history():
+    model, batch, ds = make(task="rating")
+    with torch.no_grad():
+        model.mean_rating.fill_(3.0)
+        model.item_bias.normal_(0, 0.5)
+        model.mlp_rest[-1].weight.zero_()
+        model.mlp_rest[-1].bias.zero_()
+    got = model.score(batch, batch.target[:, None])[:, 0]
+    for i in range(len(batch)):
+        hist, toks = batch.hist_item[i], batch.hist_rating[i]
+        rated = [(int(h), int(r) / 2) for h, r in zip(hist, toks, strict=True) if r > 0]
+        resid = sum(r - 3.0 - model.item_bias[h].item() for h, r in rated)
+        user = resid / (len(rated) + model.USER_BIAS_SHRINK)
+        want = 3.0 + user + model.item_bias[batch.target[i]].item()
+        assert got[i].item() == pytest.approx(want, abs=1e-5)

@@ -18,7 +18,7 @@ def quickstart(
                              help="Data folder or name (default: cached/downloaded ml-1m)"),
     out: Path = typer.Option(Path("runs/quickstart"), "--out", help="Where the runs go"),
     epochs: int = typer.Option(None, "--epochs", min=1,
-                               help="BST training epochs [default: the default config's]"),
+                               help="BST training epochs [default: 8]"),
     user: str = typer.Option(None, "--user", help="Whose recommendations to show"),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output"),
 ) -> None:
