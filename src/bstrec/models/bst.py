@@ -519,7 +519,8 @@ class BST(Recommender):
 
     def _own_pairs(self, batch: Batch) -> torch.Tensor | None:
         """(B,) what a training target's own pairs add to its co-occurrence count."""
-        return None if self.wide is None else self.wide.self_count(batch.hist_item)
+        return None if self.wide is None else self.wide.self_count(batch.hist_item,
+                                                                   batch.target)
 
     def loss(self, batch: Batch, negatives: torch.Tensor | None = None,
              loss: str = "sampled-softmax", neg_logq: torch.Tensor | None = None

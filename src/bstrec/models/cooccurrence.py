@@ -57,7 +57,8 @@ def count_pairs(item_tok: np.ndarray, user: np.ndarray, train_rows: np.ndarray, 
     """Sparse pair counts over training rows: sorted keys ``a * size + b`` and counts.
 
     Each pair of one user's training rows k <= ``window`` apart counts
-    ``pair_decay ** (k - 1)`` (in both directions if ``symmetric``). ``item_tok`` holds
+    ``pair_decay ** (k - 1)`` (in both directions if ``symmetric``); a movie paired with
+    itself does not count. ``item_tok`` holds
     item tokens (index + 1).
     """
     rows = np.asarray(train_rows, dtype=np.int64)
@@ -68,6 +69,7 @@ def count_pairs(item_tok: np.ndarray, user: np.ndarray, train_rows: np.ndarray, 
         nxt = rows + k
         ok = in_train[nxt] & (user[np.minimum(nxt, len(user) - 1)] == user[rows])
         a, b = item_tok[rows[ok]].astype(np.int64), item_tok[nxt[ok]].astype(np.int64)
+        a, b = a[a != b], b[a != b]  # a re-watch says nothing about what comes next
         pairs = [a * size + b, b * size + a] if symmetric else [a * size + b]
         keys += pairs
         weights += [np.full(len(a), pair_decay ** (k - 1))] * len(pairs)
@@ -141,7 +143,7 @@ class CooccurrenceScorer(nn.Module):
         w = self.p.decay ** torch.arange(n, dtype=torch.float32, device=hist_item.device)
         return last, w[None, :] * (last > 0)
 
-    def self_count(self, hist_item: torch.Tensor) -> torch.Tensor:
+    def self_count(self, hist_item: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """(B,) weight that a training target's own pairs added to its score.
 
         A training target at position p formed one counted pair with each history
@@ -149,10 +151,15 @@ class CooccurrenceScorer(nn.Module):
         model to trust a statistic that, for validation and test targets, lacks that
         pair. Subtracting it gives each training target its leave-this-event-out score.
         """
-        last, w = self._weights(hist_item)
-        k = torch.arange(last.shape[1], device=last.device)  # newest = 1 position apart
-        own = torch.where(k < self.p.window, self.p.pair_decay ** k.float(), 0.0)
-        return (w * own[None, :]).sum(1)
+        last, w = self._weights(hist_item)  # (B, n)
+        every = hist_item.flip(1)  # (B, L) newest first: position k is k + 1 rows back
+        k = torch.arange(every.shape[1], device=every.device)
+        own = torch.where(k < self.p.window, self.p.pair_decay ** k.float(), 0.0)  # (L,)
+        # a movie seen twice in the history shares its count with both positions; the
+        # target itself in the history formed no counted pair with it
+        real = (every > 0) & (every != target[:, None])  # (B, L)
+        same = (last[:, :, None] == every[:, None, :]) & real[:, None, :]  # (B, n, L)
+        return (w[:, :, None] * same * own[None, None, :]).sum((1, 2))
 
     def raw(self, hist_item: torch.Tensor, cands: torch.Tensor) -> torch.Tensor:
         """Decay-weighted counts of candidates ``cands`` (B, C) from the history (B, C)."""
