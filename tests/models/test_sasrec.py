@@ -59,3 +59,9 @@ def test_sasrec_learns_the_chain(tmp_path):
     sp = leave_one_out(ds)
     m = evaluate_ranking(res.model, SequenceStore(ds), sp.targets("test"), 6)
     assert m["HR@10"] > 0.5  # popularity gets about 10 / 43 on this chain
+
+
+def test_an_empty_batch_scores_nothing():
+    m, batch, ds = model_and_batch()
+    empty = batch.index(slice(0, 0))
+    assert m.score_all(empty).shape == (0, ds.n_items)

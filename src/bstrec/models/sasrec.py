@@ -43,6 +43,8 @@ class SASRec(Recommender):
     def states(self, hist_item: torch.Tensor) -> torch.Tensor:
         """(B, L, D): position i has read the history up to and including i."""
         b, n = hist_item.shape
+        if b == 0:  # torch's attention cannot reshape an empty mask
+            return self.item_emb.weight.new_zeros(0, n, self.item_emb.embedding_dim)
         x = self.item_emb(hist_item) * self.item_emb.embedding_dim**0.5
         x = self.drop(x + self.pos_emb.weight[None, :n])
         pad = hist_item == 0  # (B, L) left padding
