@@ -56,7 +56,9 @@ def train_speed(ds, store, rows, cfg: RunConfig, steps: int) -> dict:
     model.train()
 
     def step(i: int) -> None:
-        batch = store.batch_for_targets(perm[i * bs : (i + 1) * bs], cfg.data.max_len)
+        # wrap around: a small data set must not hand out short or empty batches
+        idx = (i * bs + torch.arange(bs)) % len(perm)
+        batch = store.batch_for_targets(perm[idx], cfg.data.max_len)
         loss = training_loss(model, batch, cfg, sampler, "cpu")
         opt.zero_grad()
         loss.backward()
