@@ -44,3 +44,18 @@ def tiny_dataset(n_users: int = 30, n_items: int = 40, per_user: int = 12, seed:
     )
     return build_dataset("tiny", np.array(users), np.array(items), np.array(ratings, float),
                          np.array(times), table, users_tab, {"tiny": str(seed)})
+
+
+def counting_validator(ds, split, max_len: int = 6):
+    """``val_ndcg(model)``, validation NDCG@10 as the tuners take it, and the list that
+    records one entry per call (to check how often a tuner evaluated)."""
+    from bstrec.data.batches import SequenceStore
+    from bstrec.evaluate import evaluate_ranking
+
+    store, calls = SequenceStore(ds), []
+
+    def val_ndcg(model) -> float:
+        calls.append(1)
+        return evaluate_ranking(model, store, split.targets("val"), max_len)["NDCG@10"]
+
+    return val_ndcg, calls

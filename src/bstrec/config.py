@@ -49,8 +49,6 @@ class ModelConfig:
     wide: str = "cooccurrence"
     # ranking: add a user-vector . candidate-token term, trained with a full softmax too
     dot: bool = True
-    # item embeddings start as random | ppmi: an SVD of the co-occurrence PMI (needs wide)
-    item_init: str = "random"
 
 
 @dataclass

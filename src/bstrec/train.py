@@ -41,7 +41,6 @@ from bstrec.distributed import (
 from bstrec.distributed import setup as setup_distributed
 from bstrec.evaluate import evaluate_ranking, evaluate_rating, sample_targets
 from bstrec.models.base import Recommender
-from bstrec.models.cooccurrence import ppmi_embeddings
 from bstrec.models.factory import (
     TRAINED,
     build_model,
@@ -333,15 +332,6 @@ class _SharedNegatives:
         return getattr(self.inner, name)
 
 
-def init_item_embeddings(model) -> None:
-    """Item embeddings from the wide part's co-occurrence PMI, scaled to the random
-    initialisation's spread (the token is a sum of several embeddings)."""
-    vec = ppmi_embeddings(model.wide, model.item_emb.weight.shape[1])
-    with torch.no_grad():
-        std = model.item_emb.weight[1:].std()
-        model.item_emb.weight.copy_(vec / vec[1:].std().clamp(min=1e-12) * std)
-
-
 def fit_rating_base(model, ds: Dataset, train_rows: np.ndarray) -> None:
     """The rating model's wide part: mean and movie biases of the training ratings."""
     from bstrec.models.baselines import RatingBaseline
@@ -370,8 +360,6 @@ class Trainer:
             wide, _ = fit_wide(ds, split.train_rows(ds.user_offsets), _val_ndcg(store, split,
                                cfg.data.max_len, cfg.data.now))
             self.model.wide.load_state_dict(wide.scorer.state_dict())
-            if cfg.model.item_init == "ppmi":
-                init_item_embeddings(self.model)
             if log:
                 log(f"wide part: co-occurrence {wide.scorer.p} tuned on validation in "
                     f"{time.perf_counter() - t0:.1f}s")

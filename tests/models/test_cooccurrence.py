@@ -9,14 +9,13 @@ import torch
 
 from bstrec.data.batches import SequenceStore, training_rows
 from bstrec.data.splits import leave_one_out
-from bstrec.evaluate import evaluate_ranking
 from bstrec.models.cooccurrence import (
     CooccurrenceParams,
     count_pairs,
     fit_cooccurrence,
     tune_cooccurrence,
 )
-from tests.factories import tiny_dataset
+from tests.factories import counting_validator, tiny_dataset
 
 
 def brute_counts(ds, train_end, window, symmetric, pair_decay, skip=None):
@@ -105,12 +104,7 @@ def test_self_count_removes_exactly_the_training_targets_own_pairs():
 def test_tuning_reads_only_validation_and_keeps_the_best_trial():
     ds = tiny_dataset(n_users=40)
     sp = leave_one_out(ds)
-    store = SequenceStore(ds)
-    seen = []
-
-    def val_ndcg(m):
-        seen.append(1)
-        return evaluate_ranking(m, store, sp.targets("val"), 6)["NDCG@10"]
+    val_ndcg, seen = counting_validator(ds, sp)
 
     model, trials = tune_cooccurrence(ds.item, ds.user, sp.train_rows(ds.user_offsets),
                                       ds.n_items, val_ndcg)
@@ -122,7 +116,7 @@ def test_tuning_reads_only_validation_and_keeps_the_best_trial():
 
 
 def test_dense_and_sparse_lookups_agree(monkeypatch):
-    import bstrec.models.cooccurrence as co
+    import bstrec.models.item_pairs as item_pairs
 
     ds = tiny_dataset()
     sp = leave_one_out(ds)
@@ -131,10 +125,10 @@ def test_dense_and_sparse_lookups_agree(monkeypatch):
                              params)
     batch = SequenceStore(ds).batch_for_targets(torch.from_numpy(sp.targets("val")), 5)
     cands = torch.randint(1, ds.n_items + 1, (len(batch), 7))
-    assert model.scorer.dense() is not None
+    assert model.scorer.counts.dense() is not None
     dense = (model.scorer.raw(batch.hist_item, cands), model.score_all(batch))
-    monkeypatch.setattr(co, "DENSE_MAX_ITEMS", 0)
-    assert model.scorer.dense() is None
+    monkeypatch.setattr(item_pairs, "DENSE_MAX_ITEMS", 0)
+    assert model.scorer.counts.dense() is None
     sparse = (model.scorer.raw(batch.hist_item, cands), model.score_all(batch))
     for a, b in zip(dense, sparse, strict=True):
         torch.testing.assert_close(a, b)

@@ -10,10 +10,9 @@ import torch
 from bstrec.config import ModelConfig, RunConfig
 from bstrec.data.batches import SequenceStore
 from bstrec.data.splits import leave_one_out
-from bstrec.evaluate import evaluate_ranking
 from bstrec.models.ease import EASE, LAMBDAS, fit_ease, tune_ease
 from bstrec.models.factory import build_model, catalog_features, fit_baseline
-from tests.factories import tiny_dataset
+from tests.factories import counting_validator, tiny_dataset
 
 
 def brute_b(ds, rows, lam):
@@ -87,12 +86,7 @@ def test_checkpoint_round_trip_into_a_freshly_built_model():
 def test_tuning_keeps_the_lambda_with_the_best_validation_score():
     ds = tiny_dataset(n_users=40)
     sp = leave_one_out(ds)
-    store = SequenceStore(ds)
-    calls = []
-
-    def val_ndcg(m):
-        calls.append(1)
-        return evaluate_ranking(m, store, sp.targets("val"), 6)["NDCG@10"]
+    val_ndcg, calls = counting_validator(ds, sp)
 
     rows = sp.train_rows(ds.user_offsets)
     model, trials = tune_ease(ds.item, ds.user, rows, ds.n_items, val_ndcg)

@@ -11,10 +11,9 @@ import torch
 from bstrec.config import ModelConfig, RunConfig
 from bstrec.data.batches import SequenceStore
 from bstrec.data.splits import leave_one_out
-from bstrec.evaluate import evaluate_ranking
 from bstrec.models.factory import build_model, catalog_features, fit_baseline
 from bstrec.models.itemknn import ItemKNN, ItemKNNParams, fit_itemknn, tune_itemknn
-from tests.factories import tiny_dataset
+from tests.factories import counting_validator, tiny_dataset
 
 
 def brute_similarity(ds, rows, shrink):
@@ -30,9 +29,9 @@ def brute_similarity(ds, rows, shrink):
 
 
 def stored(model):
-    size = model.size
+    size = model.sims.size
     return {(int(k) // size, int(k) % size): float(v)
-            for k, v in zip(model.keys, model.values, strict=True)}
+            for k, v in zip(model.sims.keys, model.sims.values, strict=True)}
 
 
 def fitted(ds, params, item=None):
@@ -96,7 +95,7 @@ def test_checkpoint_round_trip_into_a_freshly_built_model():
     torch.save(model.state_dict(), buf)
     buf.seek(0)
     fresh = build_model(RunConfig(model=ModelConfig(name="itemknn")), catalog_features(ds, []))
-    assert isinstance(fresh, ItemKNN) and len(fresh.keys) == 0
+    assert isinstance(fresh, ItemKNN) and len(fresh.sims.keys) == 0
     fresh.load_state_dict(torch.load(buf))
     assert fresh.p == model.p
     batch = SequenceStore(ds).batch_for_targets(torch.from_numpy(sp.targets("val")), 6)
@@ -106,12 +105,7 @@ def test_checkpoint_round_trip_into_a_freshly_built_model():
 def test_tuning_keeps_the_trial_with_the_best_validation_score():
     ds = tiny_dataset(n_users=40)
     sp = leave_one_out(ds)
-    store = SequenceStore(ds)
-    calls = []
-
-    def val_ndcg(m):
-        calls.append(1)
-        return evaluate_ranking(m, store, sp.targets("val"), 6)["NDCG@10"]
+    val_ndcg, calls = counting_validator(ds, sp)
 
     rows = sp.train_rows(ds.user_offsets)
     model, trials = tune_itemknn(ds.item, ds.user, rows, ds.n_items, val_ndcg)
@@ -137,5 +131,6 @@ def test_only_training_rows_are_counted():
     held_out = np.concatenate([sp.targets("val"), sp.targets("test")])
     item[held_out] = (item[held_out] + 7) % ds.n_items
     after = fitted(ds, params, item)
-    for name in ("keys", "values", "row_ptr", "popularity"):
-        assert torch.equal(getattr(before, name), getattr(after, name)), name
+    b, a = before.state_dict(), after.state_dict()
+    for name in ("sims.keys", "sims.values", "sims.row_ptr", "popularity"):
+        assert torch.equal(b[name], a[name]), name

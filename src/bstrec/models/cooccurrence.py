@@ -7,11 +7,8 @@ its counts from the user's last ``last_n`` movies, the j-th newest weighted
 ``decay**j``, divided by ``popularity(candidate) ** alpha`` (alpha 0: raw counts), plus
 a tiny popularity term that orders candidates without any co-occurrence.
 
-The counts are stored sparse (sorted ``a * size + b`` keys), so the model fits any
-catalogue size: a pair lookup is a binary search, a full-catalogue row a scatter of
-the history movies' rows. Small catalogues (up to ``DENSE_MAX_ITEMS``) also keep a
-dense copy in memory, built from the sparse one and never saved: a training step's
-(B, n, C) lookups were 40% of its time as binary searches.
+The counts live in an ``ItemPairs`` matrix (item_pairs.py, shared with item-kNN),
+sparse, so the model fits any catalogue size.
 
 ``CooccurrenceScorer`` is the fitted statistic; BST uses the same scorer as a "wide"
 input of its head (see bst.py), ``Cooccurrence`` wraps it behind the model contract.
@@ -30,6 +27,7 @@ from torch import nn
 
 from bstrec.data.batches import Batch
 from bstrec.models.base import Recommender
+from bstrec.models.item_pairs import ItemPairs, recent, tie_break, training_popularity
 
 
 @dataclass(frozen=True)
@@ -79,33 +77,16 @@ def count_pairs(item_tok: np.ndarray, user: np.ndarray, train_rows: np.ndarray, 
     return uniq, np.bincount(inv, weights=np.concatenate(weights)).astype(np.float32)
 
 
-DENSE_MAX_ITEMS = 6000  # a dense float32 copy of at most 144 MB
-
-
 class CooccurrenceScorer(nn.Module):
     """Fitted co-occurrence statistics; every tensor is a buffer, so it saves and loads."""
 
     def __init__(self, n_items: int, params: CooccurrenceParams | None = None):
         super().__init__()
         self.n_items = n_items
-        self.size = n_items + 1
-        self.register_buffer("keys", torch.zeros(0, dtype=torch.long))
-        self.register_buffer("values", torch.zeros(0))
-        self.register_buffer("row_ptr", torch.zeros(self.size + 1, dtype=torch.long))
-        self.register_buffer("popularity", torch.zeros(self.size))
+        self.counts = ItemPairs(n_items)
+        self.register_buffer("popularity", torch.zeros(n_items + 1))
         self.register_buffer("params", (params or CooccurrenceParams()).as_tensor())
         self._p: CooccurrenceParams | None = None
-        self._dense: torch.Tensor | None = None
-
-    def dense(self) -> torch.Tensor | None:
-        """(size, size) counts, for catalogues small enough; else None."""
-        if self.n_items > DENSE_MAX_ITEMS:
-            return None
-        if self._dense is None or self._dense.device != self.keys.device:
-            d = torch.zeros(self.size * self.size, device=self.keys.device)
-            d[self.keys] = self.values
-            self._dense = d.view(self.size, self.size)
-        return self._dense
 
     @property
     def p(self) -> CooccurrenceParams:
@@ -115,33 +96,21 @@ class CooccurrenceScorer(nn.Module):
 
     def set_counts(self, keys: np.ndarray, values: np.ndarray, popularity: np.ndarray,
                    params: CooccurrenceParams) -> None:
-        dev = self.keys.device
-        self.keys = torch.from_numpy(keys.astype(np.int64)).to(dev)
-        self.values = torch.from_numpy(values.astype(np.float32)).to(dev)
-        bounds = torch.arange(self.size + 1, dtype=torch.long, device=dev) * self.size
-        self.row_ptr = torch.searchsorted(self.keys, bounds)
-        self.popularity = torch.from_numpy(popularity.astype(np.float32)).to(dev)
-        self._dense = None
+        self.counts.set(torch.from_numpy(keys), torch.from_numpy(values))
+        self.popularity = torch.from_numpy(popularity.astype(np.float32)).to(
+            self.popularity.device)
         self.set_params(params)
 
     def set_params(self, params: CooccurrenceParams) -> None:
         self.params = params.as_tensor().to(self.params.device)
         self._p = params
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # the number of stored pairs is known only from the checkpoint: take its shapes
-        for name in ("keys", "values"):
-            if prefix + name in state_dict:
-                setattr(self, name, torch.empty_like(state_dict[prefix + name]))
-        self._p, self._dense = None, None
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._p = None  # read the loaded params again
+        super()._load_from_state_dict(*args, **kwargs)
 
     def _weights(self, hist_item: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The last ``last_n`` history tokens (B, n) and their decay weights (B, n)."""
-        n = min(self.p.last_n, hist_item.shape[1])
-        last = hist_item[:, hist_item.shape[1] - n:].flip(1)  # newest first
-        w = self.p.decay ** torch.arange(n, dtype=torch.float32, device=hist_item.device)
-        return last, w[None, :] * (last > 0)
+        return recent(hist_item, self.p.last_n, self.p.decay)
 
     def self_count(self, hist_item: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """(B,) weight that a training target's own pairs added to its score.
@@ -163,44 +132,23 @@ class CooccurrenceScorer(nn.Module):
 
     def raw(self, hist_item: torch.Tensor, cands: torch.Tensor) -> torch.Tensor:
         """Decay-weighted counts of candidates ``cands`` (B, C) from the history (B, C)."""
-        last, w = self._weights(hist_item)  # (B, n)
-        dense = self.dense()
-        if dense is not None:
-            return (dense[last[:, :, None], cands[:, None, :]] * w[:, :, None]).sum(1)
-        q = last[:, :, None] * self.size + cands[:, None, :]  # (B, n, C)
-        if len(self.keys) == 0:
-            return torch.zeros(cands.shape, device=cands.device)
-        idx = torch.searchsorted(self.keys, q).clamp(max=len(self.keys) - 1)
-        found = self.keys[idx] == q
-        vals = torch.where(found, self.values[idx], 0.0)  # (B, n, C)
-        return (vals * w[:, :, None]).sum(1)  # (B, C)
+        return self.counts.weighted(*self._weights(hist_item), cands)
 
     def raw_all(self, hist_item: torch.Tensor) -> torch.Tensor:
         """Decay-weighted counts of every token 0..n_items: (B, n_items + 1)."""
-        last, w = self._weights(hist_item)  # (B, n)
-        dense = self.dense()
-        if dense is not None:
-            return (w[:, None, :] @ dense[last]).squeeze(1)  # (B, 1, n) @ (B, n, size)
-        b, n = last.shape
-        out = torch.zeros(b, self.size, device=hist_item.device)
-        start, end = self.row_ptr[last.reshape(-1)], self.row_ptr[last.reshape(-1) + 1]
-        lens = end - start  # (B*n,)
-        total = int(lens.sum())
-        if total == 0:
-            return out
-        seg = torch.repeat_interleave(torch.arange(b * n, device=out.device), lens)
-        first = torch.repeat_interleave(start - (torch.cumsum(lens, 0) - lens), lens)
-        pos = first + torch.arange(total, device=out.device)
-        cols = self.keys[pos] - last.reshape(-1)[seg] * self.size
-        out.index_put_((seg // n, cols), self.values[pos] * w.reshape(-1)[seg],
-                       accumulate=True)
-        return out
+        return self.counts.weighted_rows(*self._weights(hist_item))
+
+    def normalise(self, raw: torch.Tensor, cands: torch.Tensor | None = None) -> torch.Tensor:
+        """Raw counts divided by popularity ** alpha; ``cands`` None: every token."""
+        if not self.p.alpha:
+            return raw
+        pop = self.popularity if cands is None else self.popularity[cands]
+        return raw / pop.clamp(min=1.0) ** self.p.alpha
 
     def finish(self, raw: torch.Tensor, cands: torch.Tensor | None = None) -> torch.Tensor:
         """Raw counts -> scores: popularity normalisation and the tie-breaking term."""
         pop = self.popularity if cands is None else self.popularity[cands]
-        norm = pop.clamp(min=1.0) ** self.p.alpha if self.p.alpha else 1.0
-        return raw / norm + 1e-6 * pop / self.popularity.max().clamp(min=1.0)
+        return self.normalise(raw, cands) + tie_break(pop, self.popularity)
 
 
 class Cooccurrence(Recommender):
@@ -221,14 +169,11 @@ class Cooccurrence(Recommender):
 
 def fit_cooccurrence(item: np.ndarray, user: np.ndarray, train_rows: np.ndarray,
                      n_items: int, params: CooccurrenceParams) -> Cooccurrence:
-    size = n_items + 1
-    item_tok = item.astype(np.int64) + 1
-    keys, values = count_pairs(item_tok, user, train_rows, size, params.window,
-                               params.symmetric, params.pair_decay)
-    pop = np.bincount(item_tok[train_rows], minlength=size).astype(np.float32)
-    pop[0] = 0
+    keys, values = count_pairs(item.astype(np.int64) + 1, user, train_rows, n_items + 1,
+                               params.window, params.symmetric, params.pair_decay)
     model = Cooccurrence(n_items, params)
-    model.scorer.set_counts(keys, values, pop, params)
+    model.scorer.set_counts(keys, values, training_popularity(item, train_rows, n_items),
+                            params)
     return model
 
 
@@ -279,29 +224,3 @@ def tune_cooccurrence(item: np.ndarray, user: np.ndarray, train_rows: np.ndarray
     best_model.scorer.set_params(best_params)
     return best_model, trials
 
-
-def ppmi_embeddings(scorer: CooccurrenceScorer, dim: int, seed: int = 0) -> torch.Tensor:
-    """(size, dim) item vectors from a truncated SVD of the positive pointwise mutual
-    information of the (symmetrised) pair counts; row 0 (padding) is zero.
-
-    Movies watched near each other get near vectors before any gradient step: a
-    starting point for BST's item embeddings.
-    """
-    size = scorer.size
-    a, b = scorer.keys // size, scorer.keys % size
-    rows, cols = torch.cat([a, b]), torch.cat([b, a])
-    vals = torch.cat([scorer.values, scorer.values]).double()
-    deg = torch.zeros(size, dtype=torch.float64).index_add_(0, rows, vals)
-    total = vals.sum().clamp(min=1.0)
-    pmi = torch.log(vals * total / (deg[rows] * deg[cols]).clamp(min=1e-12))
-    keep = pmi > 0
-    m = torch.sparse_coo_tensor(torch.stack([rows[keep], cols[keep]]), pmi[keep].float(),
-                                (size, size)).coalesce()
-    q = min(dim, size - 1)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        u, s, _v = torch.svd_lowrank(m, q=q, niter=4)
-    out = torch.zeros(size, dim)
-    out[:, :q] = u * s.sqrt()
-    out[0] = 0
-    return out

@@ -30,7 +30,8 @@ import torch
 
 from bstrec.data.batches import Batch
 from bstrec.models.base import Recommender
-from bstrec.models.itemknn import binary_pairs, gram_blocks, training_popularity
+from bstrec.models.item_pairs import tie_break, training_popularity
+from bstrec.models.itemknn import binary_pairs, gram_blocks
 
 MAX_ITEMS = 20_000
 
@@ -64,9 +65,6 @@ class EASE(Recommender):
         self.popularity = torch.from_numpy(popularity.astype(np.float32)).to(dev)
         self.lam = torch.tensor(float(lam), dtype=torch.float64, device=dev)
 
-    def _tie_break(self, pop: torch.Tensor) -> torch.Tensor:
-        return 1e-6 * pop / self.popularity.max().clamp(min=1.0)
-
     @staticmethod
     def _distinct(hist_item: torch.Tensor) -> torch.Tensor:
         """History tokens with repeats (and padding) set to 0: x_u is binary."""
@@ -80,7 +78,7 @@ class EASE(Recommender):
         c = candidates[None].expand(len(batch), -1) if candidates.dim() == 1 else candidates
         h = self._distinct(batch.hist_item)
         raw = self.B[h[:, :, None], c[:, None, :]].sum(1)  # (B, C); row 0 is zero
-        return raw + self._tie_break(self.popularity[c])
+        return raw + tie_break(self.popularity[c], self.popularity)
 
     def score_all(self, batch: Batch) -> torch.Tensor:
         h = self._distinct(batch.hist_item)
@@ -90,7 +88,7 @@ class EASE(Recommender):
                                     torch.ones(b * n, device=h.device), (b, self.size),
                                     check_invariants=False)
         raw = torch.sparse.mm(x, self.B)  # padding and repeats land on the zero row 0
-        return (raw + self._tie_break(self.popularity))[:, 1:]
+        return (raw + tie_break(self.popularity, self.popularity))[:, 1:]
 
 
 def item_gram(item: np.ndarray, user: np.ndarray, train_rows: np.ndarray,

@@ -10,11 +10,11 @@ similar items. A candidate's score sums its similarities to the user's last ``la
 movies, the j-th newest weighted ``decay**j``, plus a tiny popularity term that orders
 candidates similar to none of them (as in cooccurrence.py).
 
-The kept similarities are stored sparse like the co-occurrence counts (sorted
-``a * size + b`` keys over item tokens, values, row pointers), so the model saves and
-loads through its state_dict. ``X^T X`` is computed a block of item columns at a time
-(sparse ``X^T`` times a dense block of ``X``), so memory stays at one
-``n_items x block`` slab. ``tune_itemknn`` picks the settings on validation targets.
+The kept similarities live in an ``ItemPairs`` matrix (item_pairs.py, shared with
+co-occurrence), so the model saves and loads through its state_dict. ``X^T X`` is
+computed a block of item columns at a time (sparse ``X^T`` times a dense block of
+``X``), so memory stays at one ``n_items x block`` slab. ``tune_itemknn`` picks the
+settings on validation targets.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import torch
 
 from bstrec.data.batches import Batch
 from bstrec.models.base import Recommender
+from bstrec.models.item_pairs import ItemPairs, recent, tie_break, training_popularity
 
 
 @dataclass(frozen=True)
@@ -107,11 +108,8 @@ class ItemKNN(Recommender):
     def __init__(self, n_items: int, params: ItemKNNParams | None = None):
         super().__init__()
         self.n_items = n_items
-        self.size = n_items + 1
-        self.register_buffer("keys", torch.zeros(0, dtype=torch.long))
-        self.register_buffer("values", torch.zeros(0))
-        self.register_buffer("row_ptr", torch.zeros(self.size + 1, dtype=torch.long))
-        self.register_buffer("popularity", torch.zeros(self.size))
+        self.sims = ItemPairs(n_items)
+        self.register_buffer("popularity", torch.zeros(n_items + 1))
         self.register_buffer("params", (params or ItemKNNParams()).as_tensor())
         self._p: ItemKNNParams | None = None
 
@@ -127,14 +125,11 @@ class ItemKNN(Recommender):
         idx, sim = idx[:, : params.neighbors], sim[:, : params.neighbors]
         rows = torch.arange(len(idx))[:, None].expand_as(idx)
         keep = sim > 0
-        keys = (rows[keep] + 1) * self.size + idx[keep] + 1  # item tokens
+        keys = (rows[keep] + 1) * self.sims.size + idx[keep] + 1  # item tokens
         order = torch.argsort(keys)
-        dev = self.keys.device
-        self.keys = keys[order].to(dev)
-        self.values = sim[keep][order].float().to(dev)
-        bounds = torch.arange(self.size + 1, dtype=torch.long, device=dev) * self.size
-        self.row_ptr = torch.searchsorted(self.keys, bounds)
-        self.popularity = torch.from_numpy(popularity.astype(np.float32)).to(dev)
+        self.sims.set(keys[order], sim[keep][order])
+        self.popularity = torch.from_numpy(popularity.astype(np.float32)).to(
+            self.popularity.device)
         self.set_params(params)
 
     def set_params(self, params: ItemKNNParams) -> None:
@@ -142,58 +137,19 @@ class ItemKNN(Recommender):
         self.params = params.as_tensor().to(self.params.device)
         self._p = params
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # the number of kept similarities is known only from the checkpoint
-        for name in ("keys", "values"):
-            if prefix + name in state_dict:
-                setattr(self, name, torch.empty_like(state_dict[prefix + name]))
-        self._p = None
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-    def _weights(self, hist_item: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The last ``last_n`` history tokens (B, n), newest first, and their weights."""
-        n = min(self.p.last_n, hist_item.shape[1])
-        last = hist_item[:, hist_item.shape[1] - n:].flip(1)
-        w = self.p.decay ** torch.arange(n, dtype=torch.float32, device=hist_item.device)
-        return last, w[None, :] * (last > 0)
-
-    def _tie_break(self, pop: torch.Tensor) -> torch.Tensor:
-        return 1e-6 * pop / self.popularity.max().clamp(min=1.0)
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._p = None  # read the loaded params again
+        super()._load_from_state_dict(*args, **kwargs)
 
     def score(self, batch: Batch, candidates: torch.Tensor) -> torch.Tensor:
         c = candidates[None].expand(len(batch), -1) if candidates.dim() == 1 else candidates
-        last, w = self._weights(batch.hist_item)
-        if len(self.keys) == 0:
-            raw = torch.zeros(c.shape, device=c.device)
-        else:
-            q = last[:, :, None] * self.size + c[:, None, :]  # (B, n, C)
-            idx = torch.searchsorted(self.keys, q).clamp(max=len(self.keys) - 1)
-            vals = torch.where(self.keys[idx] == q, self.values[idx], 0.0)
-            raw = (vals * w[:, :, None]).sum(1)
-        return raw + self._tie_break(self.popularity[c])
+        last, w = recent(batch.hist_item, self.p.last_n, self.p.decay)
+        return self.sims.weighted(last, w, c) + tie_break(self.popularity[c], self.popularity)
 
     def score_all(self, batch: Batch) -> torch.Tensor:
-        last, w = self._weights(batch.hist_item)
-        b, n = last.shape
-        out = torch.zeros(b, self.size, device=last.device)
-        start, end = self.row_ptr[last.reshape(-1)], self.row_ptr[last.reshape(-1) + 1]
-        lens = end - start
-        total = int(lens.sum())
-        if total:
-            seg = torch.repeat_interleave(torch.arange(b * n, device=out.device), lens)
-            first = torch.repeat_interleave(start - (torch.cumsum(lens, 0) - lens), lens)
-            pos = first + torch.arange(total, device=out.device)
-            cols = self.keys[pos] - last.reshape(-1)[seg] * self.size
-            out.index_put_((seg // n, cols), self.values[pos] * w.reshape(-1)[seg],
-                           accumulate=True)
-        return (out + self._tie_break(self.popularity))[:, 1:]
-
-
-def training_popularity(item: np.ndarray, train_rows: np.ndarray, n_items: int) -> np.ndarray:
-    """Training rows per item token (token 0, the padding, counts 0)."""
-    pop = np.bincount(item[train_rows].astype(np.int64) + 1, minlength=n_items + 1)
-    pop[0] = 0
-    return pop.astype(np.float32)
+        last, w = recent(batch.hist_item, self.p.last_n, self.p.decay)
+        out = self.sims.weighted_rows(last, w)
+        return (out + tie_break(self.popularity, self.popularity))[:, 1:]
 
 
 def fit_itemknn(item: np.ndarray, user: np.ndarray, train_rows: np.ndarray, n_items: int,
