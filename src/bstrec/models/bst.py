@@ -233,7 +233,8 @@ class BST(Recommender):
         if self.wide is None:
             return None
         if candidates is None:
-            raw, cands = self.wide.raw_all(batch.hist_item)[:, 1:], None
+            raw = self.wide.raw_all(batch.hist_item)[:, 1:]
+            cands = torch.arange(1, self.n_items + 1, device=raw.device)
         else:
             cands = candidates
             if cands.dim() == 1:
@@ -241,10 +242,7 @@ class BST(Recommender):
             raw = self.wide.raw(batch.hist_item, cands)
         if own is not None:
             raw = raw - own
-        pop = self.wide.popularity[1:] if cands is None else self.wide.popularity[cands]
-        alpha = self.wide.p.alpha
-        norm = pop.clamp(min=1.0) ** alpha if alpha else 1.0
-        return torch.log1p(raw.clamp(min=0.0) / norm)
+        return torch.log1p(self.wide.normalise(raw.clamp(min=0.0), cands))
 
     def head(self, seq_out, prod, aff, user_part, wide=None) -> torch.Tensor:
         """MLP over [sequence output, interaction features, user features, wide score].
@@ -502,8 +500,10 @@ class BST(Recommender):
         return blk.merge(att @ v)[:, -1], logits  # (N, D), (N, H, 1, T)
 
     # ------------------------------------------------------------------ training
-    def full_softmax_loss(self, batch: Batch, side: UserSide) -> torch.Tensor | float:
-        """Full-catalogue cross-entropy of the tower (0 without one)."""
+    def full_softmax_loss(self, batch: Batch, side: UserSide,
+                          own: torch.Tensor | None) -> torch.Tensor | float:
+        """Full-catalogue cross-entropy of the tower (0 without one); ``own`` (B,): the
+        targets' own co-occurrence pairs (``_own_pairs``)."""
         if self.tower is None:
             return 0.0
         # the tower learns on its own, at every position (SASRec's loss) ...
@@ -512,9 +512,9 @@ class BST(Recommender):
         # weight learn how much of each to take, against the whole catalogue
         logits = self.dot_term(side, None)  # (B, n_items)
         if self.wide is not None:
-            own = torch.zeros_like(logits).scatter_(1, batch.target[:, None] - 1,
-                                                     self._own_pairs(batch)[:, None])
-            logits = logits + self.wide_weight * self.wide_feature(batch, None, own)
+            own_all = torch.zeros_like(logits).scatter_(1, batch.target[:, None] - 1,
+                                                         own[:, None])
+            logits = logits + self.wide_weight * self.wide_feature(batch, None, own_all)
         return loss + F.cross_entropy(logits, batch.target - 1)
 
     def _own_pairs(self, batch: Batch) -> torch.Tensor | None:
@@ -542,17 +542,18 @@ class BST(Recommender):
             neg = neg.masked_fill(negatives[None, :] == batch.target[:, None], float("-inf"))
             logits = torch.cat([pos, neg], 1)
             target = torch.zeros(len(batch), dtype=torch.long, device=logits.device)
-            return F.cross_entropy(logits, target) + self.full_softmax_loss(batch, side)
+            return F.cross_entropy(logits, target) + self.full_softmax_loss(batch, side, own)
         if loss == "bce":
             # negatives (B, N) per positive, the paper's click-through loss
             cand = torch.cat([batch.target[:, None], negatives], 1)  # (B, 1 + N)
             own = self._own_pairs(batch)
+            own_cand = None
             if own is not None:
-                own = torch.cat([own[:, None], own.new_zeros(negatives.shape)], 1)
+                own_cand = torch.cat([own[:, None], own.new_zeros(negatives.shape)], 1)
             side = self.user_side(batch)
-            logits = self.score(batch, cand, own=own, side=side)
+            logits = self.score(batch, cand, own=own_cand, side=side)
             labels = torch.zeros_like(logits)
             labels[:, 0] = 1
             return (F.binary_cross_entropy_with_logits(logits, labels)
-                    + self.full_softmax_loss(batch, side))
+                    + self.full_softmax_loss(batch, side, own))
         raise ValueError(f"unknown ranking loss {loss!r} (sampled-softmax | bce)")
