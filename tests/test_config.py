@@ -116,3 +116,14 @@ def test_epochs_default_depends_on_the_task_and_is_written_resolved():
     assert rating.resolve().train.epochs == DEFAULT_EPOCHS["rating"]
     explicit = RunConfig().override(["train.epochs=3"])
     assert explicit.resolve().train.epochs == 3
+
+
+def test_allowed_values_are_checked_where_the_config_is_defined():
+    with pytest.raises(ValueError, match=r"train.schedule.*constant, cosine.*'linear'"):
+        RunConfig().override(["train.schedule=linear"])
+    with pytest.raises(ValueError, match=r"train.precision.*auto, fp32, bf16"):
+        RunConfig().override(["train.precision=fp16"])
+    cfg = RunConfig()
+    cfg.model.output = "middle"  # set in Python, not through a file or --set
+    with pytest.raises(ValueError, match=r"model.output.*target, concat"):
+        cfg.resolve()

@@ -9,7 +9,7 @@ import types
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -17,17 +17,17 @@ import yaml
 @dataclass
 class DataConfig:
     source: str = "ml-1m"  # folder, interactions file, or cached data set name
-    split: str = "leave-one-out"  # leave-one-out | time-cutoff
+    split: Literal["leave-one-out", "time-cutoff"] = "leave-one-out"
     max_len: int = 20  # L: history length (paper: 20)
     # "now" for the time-gap feature: last-input (protocol R, what serving builds: the
     # time of the last watch) | target (the BST paper's offline choice, R-paper)
-    now: str = "last-input"
+    now: Literal["last-input", "target"] = "last-input"
 
 
 @dataclass
 class ModelConfig:
     name: str = "bst"  # bst | popularity | cooccurrence | global-mean | user-mean | bias
-    task: str = "ranking"  # ranking | rating
+    task: Literal["ranking", "rating"] = "ranking"
     dim: int = 64  # token embedding width D
     blocks: int = 1  # transformer blocks (paper: 1)
     heads: int = 4  # attention heads (paper: 8; each head costs per candidate)
@@ -36,7 +36,8 @@ class ModelConfig:
     # on residuals and the MLP, which run once per (user, candidate) pair: random masks
     # there cost more than the matmuls on 2 cores, so off by default
     block_dropout: float = 0.0
-    output: str = "target"  # target: read the target position | concat: all positions (paper)
+    # target: read the target position | concat: all positions (paper)
+    output: Literal["target", "concat"] = "target"
     mlp: list[int] = field(default_factory=lambda: [64, 32])  # paper: 1024-512-256
     use_ratings: bool = True  # rating embedding on history tokens
     use_genres: bool = True
@@ -46,7 +47,7 @@ class ModelConfig:
     interaction_features: bool = True  # add target*history products to the MLP input
     # ranking: the co-occurrence baseline's score as an input of the head (Wide & Deep),
     # fitted and tuned on the training part when training starts | none
-    wide: str = "cooccurrence"
+    wide: Literal["cooccurrence", "none"] = "cooccurrence"
     # ranking: add a user-vector . candidate-token term, trained with a full softmax too
     dot: bool = True
 
@@ -61,15 +62,17 @@ class TrainConfig:
     batch_size: int = 512
     lr: float = 1e-2
     weight_decay: float = 0.01
-    optimizer: str = "adamw"  # adamw | adagrad (paper)
-    schedule: str = "cosine"  # constant | cosine: decay to min_lr_fraction over `epochs`
+    optimizer: Literal["adamw", "adagrad"] = "adamw"  # adagrad: the paper's
+    # cosine: decay to min_lr_fraction over `epochs`
+    schedule: Literal["constant", "cosine"] = "cosine"
     warmup_steps: int = 100
     min_lr_fraction: float = 0.05
-    loss: str = "sampled-softmax"  # ranking: sampled-softmax | bce; rating: mse
+    # ranking: sampled-softmax | bce; the rating task always regresses with MSE
+    loss: Literal["sampled-softmax", "bce"] = "sampled-softmax"
     # sampled negatives per batch (shared) or per positive (bce); 16: within a standard
     # error of 64 at equal steps, at a third of the head's cost (docs/experiments.md)
     negatives: int = 16
-    sampler: str = "uniform"  # uniform | popularity
+    sampler: Literal["uniform", "popularity"] = "uniform"
     # train on every this-many-th target of each user (its window's other positions
     # still teach the causal reading); 0 = the model's own choice (SASRec: max_len)
     target_stride: int = 0
@@ -81,7 +84,10 @@ class TrainConfig:
     # validate during training on a fixed, seeded sample of at most this many users
     # (0 = all); the figure's standard error is logged beside it
     val_users: int = 10000
-    device: str = "auto"  # auto | cpu | cuda
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # auto: bf16 autocast on CUDA (docs/experiments.md, GPU), fp32 on CPU, where bf16
+    # matmuls are slower than fp32 on most cores
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     # torch threads; 0 = auto: 1 on CPU. On 2-core machines a second thread slowed
     # training steps 3-9x whenever another process was busy (README, Speed)
     threads: int = 0
@@ -102,7 +108,13 @@ class RunConfig:
         return asdict(self)
 
     def resolve(self) -> RunConfig:
-        """Fill the settings whose default depends on others (``train.epochs``)."""
+        """Check every field's type and allowed values, then fill the settings whose
+        default depends on others (``train.epochs``)."""
+        for section in (self.data, self.model, self.train):
+            hints = typing.get_type_hints(type(section))
+            for f in dataclasses.fields(section):
+                key = f"{type(section).__name__.removesuffix('Config').lower()}.{f.name}"
+                setattr(section, f.name, _coerce(getattr(section, f.name), hints[f.name], key))
         if self.train.epochs == 0:
             self.train.epochs = DEFAULT_EPOCHS.get(self.model.task, 12)
         return self
@@ -174,6 +186,13 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
 
     if hint is Any:
         return value
+    if origin is Literal:
+        # the allowed values live in the field's type, so every reader of the config
+        # (files, --set, the Python API) gets the same check and the same message
+        if isinstance(value, str) and value in args:
+            return value
+        raise ValueError(f"config key {key!r}: expected one of "
+                         f"{', '.join(map(str, args))}, got {value!r}")
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None

@@ -17,8 +17,6 @@ class NegativeSampler:
             p = torch.from_numpy(counts.astype(np.float64)) ** 0.75 + 1e-3
             self.probs = (p / p.sum()).float()
             self.logq = torch.log(self.probs * n_items)  # relative to uniform
-        elif kind != "uniform":
-            raise ValueError(f"train.sampler must be uniform or popularity, not {kind!r}")
 
     def sample(self, shape) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Item tokens (1..n) and, for popularity sampling, their log-probability ratio."""

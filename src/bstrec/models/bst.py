@@ -114,10 +114,6 @@ class Block(nn.Module):
 class BST(Recommender):
     def __init__(self, cfg: ModelConfig, cat: CatalogFeatures, max_len: int):
         super().__init__()
-        if cfg.output not in ("target", "concat"):
-            raise ValueError(f"model.output must be target or concat, not {cfg.output!r}")
-        if cfg.task not in ("ranking", "rating"):
-            raise ValueError(f"model.task must be ranking or rating, not {cfg.task!r}")
         self.cfg = cfg
         self.task = cfg.task
         self.n_items = cat.n_items
@@ -512,8 +508,9 @@ class BST(Recommender):
         # weight learn how much of each to take, against the whole catalogue
         logits = self.dot_term(side, None)  # (B, n_items)
         if self.wide is not None:
-            own_all = torch.zeros_like(logits).scatter_(1, batch.target[:, None] - 1,
-                                                         own[:, None])
+            # the counts' own dtype: under autocast the logits may be bf16
+            own_all = own.new_zeros(logits.shape).scatter_(1, batch.target[:, None] - 1,
+                                                           own[:, None])
             logits = logits + self.wide_weight * self.wide_feature(batch, None, own_all)
         return loss + F.cross_entropy(logits, batch.target - 1)
 
