@@ -37,8 +37,8 @@ from bstrec.train import Trainer, train
 
 # name -> --set overrides on top of the defaults (device=cuda is added)
 VARIANTS = {
-    "default": [],  # train.precision=auto: bf16 autocast on CUDA
-    "fp32": ["train.precision=fp32"],
+    "default": [],
+    "bf16": ["train.precision=bf16"],
     "b2048": ["train.batch_size=2048", "train.lr=0.02", "train.warmup_steps=25"],
     "b1024": ["train.batch_size=1024", "train.lr=0.014", "train.warmup_steps=50"],
     "e24": ["train.epochs=24"],

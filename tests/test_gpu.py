@@ -30,9 +30,9 @@ def test_scores_on_cuda_equal_scores_on_cpu(task):
                                cpu, rtol=1e-3, atol=1e-3)
 
 
-def test_training_on_cuda_with_auto_precision_saves_a_run_that_loads_on_cpu(tmp_path):
+def test_training_on_cuda_in_bf16_saves_a_run_that_loads_on_cpu(tmp_path):
     ds = tiny_dataset(n_users=40)
-    cfg = RunConfig().override([*SMALL, "train.device=cuda", "train.precision=auto"])
+    cfg = RunConfig().override([*SMALL, "train.device=cuda", "train.precision=bf16"])
     result = train(cfg, ds, tmp_path / "run", log=lambda _m: None)
     assert math.isfinite(result.best["NDCG@10"])
     run = load_run(tmp_path / "run")

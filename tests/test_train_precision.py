@@ -17,11 +17,10 @@ SMALL = ["model.dim=16", "model.heads=2", "model.mlp=[16, 8]", "data.max_len=5",
          "train.progress=false", "train.device=cpu", "train.threads=1"]
 
 
-def test_auto_means_bf16_on_cuda_only():
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert not use_bf16("auto", cpu)
-    assert use_bf16("bf16", cpu)
-    assert not use_bf16("fp32", cuda)
+def test_bf16_is_opt_in():
+    assert RunConfig().train.precision == "fp32"
+    assert use_bf16("bf16", torch.device("cpu"))
+    assert not use_bf16("fp32", torch.device("cpu"))
 
 
 @pytest.mark.parametrize("variant", [[], ["train.loss=bce"], ["model.task=rating"]])

@@ -85,9 +85,10 @@ class TrainConfig:
     # (0 = all); the figure's standard error is logged beside it
     val_users: int = 10000
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    # auto: bf16 autocast on CUDA (docs/experiments.md, GPU), fp32 on CPU, where bf16
-    # matmuls are slower than fp32 on most cores
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # bf16: training steps under bf16 autocast (weights stay fp32). Opt-in: on an H200
+    # the default model's steps are bound by kernel launches, not arithmetic, and bf16
+    # gave the same validation NDCG@10 no sooner (docs/experiments.md, GPU)
+    precision: Literal["fp32", "bf16"] = "fp32"
     # torch threads; 0 = auto: 1 on CPU. On 2-core machines a second thread slowed
     # training steps 3-9x whenever another process was busy (README, Speed)
     threads: int = 0

@@ -86,14 +86,17 @@ def evaluate_ranking(model: Recommender, store: SequenceStore, target_rows: np.n
     for s in range(0, len(rows), batch_size):
         r = rows[s : s + batch_size]
         batch = store.batch_for_targets(r, max_len, now=now)
-        scores = model.score_all(batch.to(device)).float().cpu()  # (B, n_items)
+        # ranked where scored: on a GPU only the ranks come back, not (B, n_items) scores
+        scores = model.score_all(batch.to(device)).float()  # (B, n_items)
         # the whole input history (every earlier row, not just the last L) is excluded
         start = store.offsets[store.row_user[r]]
         lengths = (r - start).numpy()
         seen_rows = torch.from_numpy(ranges(start.numpy(), lengths))
         seen_b = torch.from_numpy(np.repeat(np.arange(len(r)), lengths))
         seen_i = store.item_tok[seen_rows] - 1
-        all_ranks.append(target_ranks(scores, batch.target - 1, seen_b, seen_i))
+        dev = scores.device
+        all_ranks.append(target_ranks(scores, (batch.target - 1).to(dev), seen_b.to(dev),
+                                      seen_i.to(dev)).cpu())
     ranks = torch.cat(all_ranks).numpy() if all_ranks else np.zeros(0)
     out = {"protocol": "R" if now == "last-input" else "R-paper", **ranking_metrics(ranks)}
     out["eval_seconds"] = time.perf_counter() - t0

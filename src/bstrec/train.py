@@ -482,8 +482,9 @@ class Trainer:
 
 def use_bf16(precision: str, device: torch.device) -> bool:
     """Whether training steps run under bf16 autocast (weights and optimizer stay fp32)."""
-    if precision == "auto":
-        return device.type == "cuda" and torch.cuda.is_bf16_supported()
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"train.precision=bf16: {torch.cuda.get_device_name(device)} "
+                         "has no bf16 support; use fp32")
     return precision == "bf16"
 
 
