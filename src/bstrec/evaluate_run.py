@@ -7,13 +7,15 @@ from pathlib import Path
 from bstrec.data.batches import SequenceStore
 from bstrec.data.splits import make_split
 from bstrec.evaluate import evaluate_ranking, evaluate_rating, sample_targets
+from bstrec.retrieval import retrieval_size
 from bstrec.run_dir import load_run
 
 
 def evaluate_run(run_dir: Path, split: str = "val", users: int = 0,
-                 now: str = "last-input") -> dict:
+                 now: str = "last-input", candidates: int | None = None) -> dict:
     """Protocol R or T of a run folder; ``users`` > 0: the fixed sample of that many
-    users that training validates on; ``now="target"``: R-paper, labelled so."""
+    users that training validates on; ``now="target"``: R-paper, labelled so;
+    ``candidates``: retrieve-then-rank (``bstrec.retrieval.retrieval_size``)."""
     run = load_run(run_dir)
     ds = run.dataset
     sp = make_split(ds, run.config.data.split)
@@ -23,6 +25,7 @@ def evaluate_run(run_dir: Path, split: str = "val", users: int = 0,
     if run.model.task == "rating":
         m = evaluate_rating(run.model, store, rows, max_len)
     else:
-        m = evaluate_ranking(run.model, store, rows, max_len, now=now)
+        m = evaluate_ranking(run.model, store, rows, max_len, now=now,
+                             candidates=retrieval_size(run.model, candidates))
     return {"model": run.config.model.name, "task": run.model.task, "data": ds.name,
             "split": split, **m}

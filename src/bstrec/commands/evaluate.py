@@ -21,6 +21,10 @@ def evaluate(
     paper: bool = typer.Option(False, "--paper", help="R-paper: the gap feature measured "
                                "from the target's own time (the BST paper's offline "
                                "choice), not from the last input watch (protocol R)"),
+    candidates: int = typer.Option(None, "--candidates", min=0, help="Retrieve this many "
+                                   "movies per user with the model's cheap stage and rank "
+                                   "only those (0: rank the whole catalogue; default: 200 "
+                                   "above 20,000 movies, else 0)"),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output"),
 ) -> None:
     """Full-catalogue ranking metrics (protocol R) or rating errors (protocol T)."""
@@ -30,7 +34,7 @@ def evaluate(
         if split not in ("val", "test"):
             raise UsageError(f"--split must be val or test, not {split!r}")
         metrics = evaluate_run(run_dir, split, users=users,
-                               now="target" if paper else "last-input")
+                               now="target" if paper else "last-input", candidates=candidates)
     if json_out:
         emit_json(metrics)
         return

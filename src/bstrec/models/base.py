@@ -31,6 +31,17 @@ class Recommender(nn.Module):
         tokens = torch.arange(1, self.n_items + 1, device=batch.user.device)
         return self.score(batch, tokens)
 
+    @property
+    def retrieves(self) -> bool:
+        """Whether ``retrieval_scores`` gives a cheap stage for retrieve-then-rank."""
+        return False
+
+    def retrieval_scores(self, batch: Batch) -> torch.Tensor | None:
+        """A cheap score of the whole catalogue (B, n_items) for a retrieval stage, whose
+        top candidates ``score`` then ranks (``bstrec.retrieval``); None: the model is
+        cheap enough to rank everything itself."""
+        return None
+
     def explain(self, batch: Batch, candidates: torch.Tensor) -> torch.Tensor | None:
         """How much each history position weighed in each candidate's score: (B, C, L).
 

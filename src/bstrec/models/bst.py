@@ -281,6 +281,7 @@ class BST(Recommender):
     # ------------------------------------------------------------------ scoring
     # ------------------------------------------------------------------ inference cache
     _frozen: tuple | None = None
+    score_chunk: int = 8192  # catalogue chunk of score_all (see there)
 
     def freeze_catalog(self) -> None:
         """Precompute the candidate side of the whole catalogue for inference.
@@ -298,10 +299,39 @@ class BST(Recommender):
             self._frozen = (t0, (q / math.sqrt(q.shape[-1]), k, v))
 
     def score_all(self, batch: Batch) -> torch.Tensor:
-        if self._frozen is not None and not self.training and self.cfg.output == "target":
-            tokens = torch.arange(1, self.n_items + 1, device=batch.user.device)
+        """(B, n_items), a chunk of the catalogue at a time: the head's activations are
+        (B, C, width) per chunk, so memory stays bounded on catalogues of 87K movies."""
+        if self._frozen is None or self.training or self.cfg.output != "target":
+            return super().score_all(batch)
+        tokens = torch.arange(1, self.n_items + 1, device=batch.user.device)
+        if self.n_items <= self.score_chunk:
             return self.score_cached(batch, tokens, frozen=self._frozen)[0]
-        return super().score_all(batch)
+        side = self.user_side(batch)
+        t0, (q, k, v) = self._frozen
+        out = []
+        for s in range(0, self.n_items, self.score_chunk):
+            e = min(s + self.score_chunk, self.n_items)
+            part = (t0[s:e], (q[:, :, s:e], k[:, :, s:e], v[:, :, s:e]))
+            out.append(self.score_cached(batch, tokens[s:e], frozen=part, side=side)[0])
+        return torch.cat(out, 1)
+
+    @property
+    def retrieves(self) -> bool:
+        return self.task == "ranking" and (self.tower is not None or self.wide is not None)
+
+    def retrieval_scores(self, batch: Batch) -> torch.Tensor | None:
+        """The cheap parts of the score for every movie: the SASRec tower's dot product
+        (an embedding nearest-neighbour search) plus the weighted co-occurrence with the
+        recent history (item-to-item neighbours). The head then ranks the top few."""
+        if not self.retrieves:
+            return None
+        scores = torch.zeros(batch.hist_item.shape[0], self.n_items,
+                             device=batch.hist_item.device)
+        if self.tower is not None:
+            scores = scores + self.dot_term(self.user_side(batch), None)
+        if self.wide is not None:
+            scores = scores + self.wide_weight * self.wide_feature(batch, None)
+        return scores
 
     def train(self, mode: bool = True):
         if mode:
@@ -378,8 +408,8 @@ class BST(Recommender):
             lse = (m + sum_h.clamp_min(1e-30).log()).squeeze(-1)  # (B, H, C)
             aff = torch.where(has_hist, lse, 0.0).permute(0, 2, 1)  # (B, C, H)
             attn_out = attn_out * t0
-        whole = frozen is not None or (candidates.dim() == 1 and len(candidates) == self.n_items
-                                       and own is None)  # score_all: one scatter per row
+        # score_all: one scatter per row instead of a lookup per candidate
+        whole = candidates.dim() == 1 and len(candidates) == self.n_items and own is None
         wide = self.wide_feature(batch, None if whole else candidates, own)
         scores = self.head(t, attn_out, aff, self._user_part(batch), wide)
         if self.tower is not None:

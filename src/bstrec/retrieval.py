@@ -1,0 +1,57 @@
+"""Retrieve, then rank: a cheap stage picks each user's candidates, the model ranks them.
+
+For big catalogues (ML-32M: 87K movies) BST's head, which runs once per (user,
+candidate), is the expensive part of a full-catalogue pass. The model's own cheap parts
+(``Recommender.retrieval_scores``) choose the ``m`` best unseen movies, and only those
+go through ``score``. Movies the stage does not return rank below every returned one,
+tied with each other (../shared/PROTOCOL.md, Large data): a missed target ranks last.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from bstrec.data.batches import Batch
+from bstrec.models.base import Recommender
+
+# retrieval is on by default above this many movies (docs/experiments.md, retrieval):
+# below it a full pass costs little and the stage can only lose quality
+AUTO_MIN_ITEMS = 20000
+DEFAULT_CANDIDATES = 200
+
+
+def retrieval_size(model: Recommender, candidates: int | None) -> int:
+    """How many candidates to retrieve: ``candidates`` if given (0 = rank everything),
+    else ``DEFAULT_CANDIDATES`` for catalogues above ``AUTO_MIN_ITEMS`` movies when the
+    model has a cheap stage (the peers are cheap themselves: they rank everything)."""
+    if candidates is None:
+        big = model.n_items > AUTO_MIN_ITEMS and model.retrieves
+        candidates = DEFAULT_CANDIDATES if big else 0
+    if candidates < 0:
+        raise ValueError(f"candidates must be >= 0 (0 = rank the whole catalogue), "
+                         f"not {candidates}")
+    return candidates
+
+
+@torch.no_grad()
+def retrieve_then_rank(model: Recommender, batch: Batch, m: int,
+                       seen: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Full-catalogue scores (B, n_items) where only the retrieved ``m`` are the model's
+    own; every other movie gets the lowest finite score. ``seen`` (B, n_items) bool: movies
+    never to retrieve (the input history). Also returns the retrieved item indexes (B, m).
+    """
+    cheap = model.retrieval_scores(batch) if model.retrieves else None
+    if cheap is None:
+        raise ValueError(f"{type(model).__name__} has no retrieval stage; it ranks the "
+                         "whole catalogue (use candidates=0)")
+    if seen is not None:
+        cheap = cheap.masked_fill(seen, float("-inf"))
+    m = min(m, cheap.shape[1])
+    picked = cheap.topk(m, dim=1).indices  # (B, m) item indexes
+    own = model.score(batch, picked + 1).float()  # (B, m)
+    low = torch.finfo(own.dtype).min
+    scores = torch.full(cheap.shape, low, device=own.device)
+    # a returned movie's own score may itself be very low: keep it above the rest
+    scores.scatter_(1, picked, own.clamp(min=torch.nextafter(torch.tensor(low),
+                                                             torch.tensor(0.0)).item()))
+    return scores, picked
