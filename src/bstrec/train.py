@@ -358,8 +358,8 @@ class Trainer:
         t0 = time.perf_counter()
         if getattr(self.model, "wide", None) is not None and fit_wide_part:
             # deterministic, so every rank fits the same; a resumed run loads it instead
-            wide, _ = fit_wide(ds, split.train_rows(ds.user_offsets), _val_ndcg(store, split,
-                               cfg.data.max_len, cfg.data.now, self.device))
+            val_ndcg = _val_ndcg(store, split, cfg, self.device)
+            wide, _ = fit_wide(ds, split.train_rows(ds.user_offsets), val_ndcg)
             self.model.wide.load_state_dict(wide.scorer.state_dict())
             if log:
                 log(f"wide part: co-occurrence {wide.scorer.p} tuned on validation in "
@@ -593,20 +593,22 @@ def _kept_note(out: Path) -> str:
             f"--set train.lr=...` and a lower learning rate")
 
 
-def _val_ndcg(store: SequenceStore, split: Split, max_len: int, now: str, device="cpu"):
-    """Validation NDCG@10 of a fitted baseline, scored on ``device`` (its grid search is
-    dozens of full-catalogue passes: on a GPU, seconds instead of tens of them)."""
+def _val_ndcg(store: SequenceStore, split: Split, cfg: RunConfig, device="cpu"):
+    """Validation NDCG@10 of a fitted baseline on the validation sample that training
+    uses (``train.val_users``), scored on ``device``: its grid search is dozens of
+    full-catalogue passes."""
     def score(model: Recommender) -> float:
-        return validate(model.to(device), store, split, max_len, device=device,
-                        now=now)["NDCG@10"]
+        return validate(model.to(device), store, split, cfg.data.max_len, device=device,
+                        now=cfg.data.now, max_users=cfg.train.val_users)["NDCG@10"]
     return score
 
 
 def _fit_baseline(cfg, ds, out, split, store, cat, ctx, log) -> TrainResult:
     t_start = time.perf_counter()
     model, trials = fit_baseline(cfg, ds, split.train_rows(ds.user_offsets),
-                                 _val_ndcg(store, split, cfg.data.max_len, cfg.data.now))
-    m = validate(model, store, split, cfg.data.max_len, now=cfg.data.now)
+                                 _val_ndcg(store, split, cfg))
+    m = validate(model, store, split, cfg.data.max_len, now=cfg.data.now,
+                 max_users=cfg.train.val_users)
     rec = {"epoch": 0, "split": "val", **m, "train_seconds": time.perf_counter() - t_start}
     result = TrainResult(out, model, rec, [rec], rec["train_seconds"], ctx.rank)
     if ctx.is_main:

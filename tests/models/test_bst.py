@@ -173,3 +173,43 @@ def test_rating_starts_at_the_bias_baseline_read_from_the_history():
         user = resid / (len(rated) + model.USER_BIAS_SHRINK)
         want = 3.0 + user + model.item_bias[batch.target[i]].item()
         assert got[i].item() == pytest.approx(want, abs=1e-5)
+
+
+def _with_fitted_wide():
+    from bstrec.data.splits import leave_one_out
+    from bstrec.models.cooccurrence import CooccurrenceParams, fit_cooccurrence
+
+    model, batch, ds = make()
+    sp = leave_one_out(ds)
+    cooc = fit_cooccurrence(ds.item, ds.user, sp.train_rows(ds.user_offsets), ds.n_items,
+                            CooccurrenceParams(window=3, last_n=4, decay=0.7, alpha=0.25))
+    model.wide.load_state_dict(cooc.scorer.state_dict())
+    return model, batch, ds
+
+
+def test_wide_feature_is_the_same_by_row_scatter_or_pair_lookup(monkeypatch):
+    import bstrec.models.bst as bst_module
+
+    model, batch, ds = _with_fitted_wide()
+    cands = torch.randperm(ds.n_items)[:20] + 1
+    lookup = model.wide_feature(batch, cands)
+    assert lookup.abs().sum() > 0, "test needs non-zero counts"
+    monkeypatch.setattr(bst_module, "WIDE_LOOKUP_MAX", 4)
+    torch.testing.assert_close(model.wide_feature(batch, cands), lookup)
+
+
+def test_big_catalogues_train_the_softmaxes_on_a_shared_sample(monkeypatch):
+    import bstrec.models.sasrec as sasrec_module
+
+    model, batch, ds = _with_fitted_wide()
+    full = model.full_softmax_loss(batch, model.user_side(batch), model._own_pairs(batch))
+    monkeypatch.setattr(sasrec_module, "FULL_SOFTMAX_MAX_ITEMS", 10)
+    monkeypatch.setattr(sasrec_module, "SAMPLED_CANDIDATES", 8)
+    labels = torch.tensor([[5, 7], [7, 40]])
+    cands, cols = sasrec_module.softmax_candidates(ds.n_items, labels)
+    assert torch.equal(cands[cols], labels) and len(cands) <= 3 + 8
+    assert bool((cands[1:] > cands[:-1]).all())
+    sampled = model.full_softmax_loss(batch, model.user_side(batch), model._own_pairs(batch))
+    assert torch.isfinite(sampled) and sampled < full  # fewer competitors, smaller loss
+    sampled.backward()
+    assert model.tower.item_emb.weight.grad.abs().sum() > 0

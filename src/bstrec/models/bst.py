@@ -35,8 +35,11 @@ from bstrec.config import ModelConfig
 from bstrec.data.batches import GAP_BUCKETS, Batch
 from bstrec.models.base import Recommender
 from bstrec.models.cooccurrence import CooccurrenceScorer
-from bstrec.models.sasrec import SASRec
+from bstrec.models.sasrec import SASRec, softmax_candidates
 
+# above this many shared candidates the wide feature scatters each user's history rows
+# once instead of looking up (B, n, C) pairs
+WIDE_LOOKUP_MAX = 1024
 YEAR_BUCKETS = 24  # 0 unknown, 1 = before 1920, then 5-year buckets up to 2030+
 
 
@@ -231,6 +234,11 @@ class BST(Recommender):
         if candidates is None:
             raw = self.wide.raw_all(batch.hist_item)[:, 1:]
             cands = torch.arange(1, self.n_items + 1, device=raw.device)
+        elif candidates.dim() == 1 and len(candidates) > WIDE_LOOKUP_MAX:
+            # many shared candidates (a sampled softmax, a catalogue chunk): one row
+            # scatter per user beats (B, n, C) pair lookups
+            cands = candidates
+            raw = self.wide.raw_all(batch.hist_item)[:, cands]
         else:
             cands = candidates
             if cands.dim() == 1:
@@ -307,12 +315,17 @@ class BST(Recommender):
         if self.n_items <= self.score_chunk:
             return self.score_cached(batch, tokens, frozen=self._frozen)[0]
         side = self.user_side(batch)
+        # the cheap terms for every movie at once (one scatter, one matmul), then sliced
+        wide = self.wide_feature(batch, None)
+        dot = self.dot_term(side, None) if self.tower is not None else None
         t0, (q, k, v) = self._frozen
         out = []
         for s in range(0, self.n_items, self.score_chunk):
             e = min(s + self.score_chunk, self.n_items)
             part = (t0[s:e], (q[:, :, s:e], k[:, :, s:e], v[:, :, s:e]))
-            out.append(self.score_cached(batch, tokens[s:e], frozen=part, side=side)[0])
+            cheap = (None if wide is None else wide[:, s:e], None if dot is None else dot[:, s:e])
+            out.append(self.score_cached(batch, tokens[s:e], frozen=part, side=side,
+                                         cheap=cheap)[0])
         return torch.cat(out, 1)
 
     @property
@@ -369,11 +382,12 @@ class BST(Recommender):
 
     def score_cached(self, batch: Batch, candidates: torch.Tensor, want_attention=False,
                      frozen: tuple | None = None, own: torch.Tensor | None = None,
-                     side: UserSide | None = None):
+                     side: UserSide | None = None, cheap: tuple | None = None):
         """Target-position output with history keys/values computed once per user.
 
         candidates: (C,) shared by all users, or (B, C) per user. ``frozen``: the
-        catalogue's precomputed candidate side (see ``freeze_catalog``).
+        catalogue's precomputed candidate side (see ``freeze_catalog``). ``cheap``: the
+        candidates' wide feature and tower term, already computed (chunked score_all).
         """
         b = batch.hist_item.shape[0]
         side = side or self.user_side(batch)
@@ -410,10 +424,15 @@ class BST(Recommender):
             attn_out = attn_out * t0
         # score_all: one scatter per row instead of a lookup per candidate
         whole = candidates.dim() == 1 and len(candidates) == self.n_items and own is None
-        wide = self.wide_feature(batch, None if whole else candidates, own)
+        if cheap is not None:
+            wide, dot = cheap
+        else:
+            wide = self.wide_feature(batch, None if whole else candidates, own)
+            dot = (self.dot_term(side, None if whole else candidates)
+                   if self.tower is not None else None)
         scores = self.head(t, attn_out, aff, self._user_part(batch), wide)
-        if self.tower is not None:
-            scores = scores + self.dot_term(side, None if whole else candidates)
+        if dot is not None:
+            scores = scores + dot
         if self.task == "rating":
             scores = scores + self.rating_base(batch, None if whole else candidates)
         return scores, att_first
@@ -536,13 +555,13 @@ class BST(Recommender):
         loss = self.tower.loss_from_states(side.states, batch)
         # ... and at the newest position, where serving reads it, the gate and the wide
         # weight learn how much of each to take, against the whole catalogue
-        logits = self.dot_term(side, None)  # (B, n_items)
+        cands, target = softmax_candidates(self.n_items, batch.target)
+        logits = self.dot_term(side, cands)  # (B, n_items or C)
         if self.wide is not None:
             # the counts' own dtype: under autocast the logits may be bf16
-            own_all = own.new_zeros(logits.shape).scatter_(1, batch.target[:, None] - 1,
-                                                           own[:, None])
-            logits = logits + self.wide_weight * self.wide_feature(batch, None, own_all)
-        return loss + F.cross_entropy(logits, batch.target - 1)
+            own_all = own.new_zeros(logits.shape).scatter_(1, target[:, None], own[:, None])
+            logits = logits + self.wide_weight * self.wide_feature(batch, cands, own_all)
+        return loss + F.cross_entropy(logits, target)
 
     def _own_pairs(self, batch: Batch) -> torch.Tensor | None:
         """(B,) what a training target's own pairs add to its co-occurrence count."""

@@ -3,9 +3,10 @@ every position, scored by a dot product with the item embeddings.
 
 Trained with a full-catalogue cross-entropy at every position (the recipe later work
 found strongest, e.g. Klenitskiy & Vasilev, 2023) instead of the paper's one sampled
-negative. A training example is a target row with its L previous rows; the trainer
-takes one such window every L rows of each user (``rows_stride``), so each training
-interaction is a target once per epoch. Peer of BST in the same harness: same data,
+negative; above ``FULL_SOFTMAX_MAX_ITEMS`` movies, over a shared sample of them. A
+training example is a target row with its L previous rows; the trainer takes one such
+window every L rows of each user (``rows_stride``), so each training interaction is a
+target once per epoch. Peer of BST in the same harness: same data,
 same trainer, checkpoints, resume and torchrun.
 """
 
@@ -18,6 +19,24 @@ from torch import nn
 from bstrec.config import ModelConfig
 from bstrec.data.batches import Batch
 from bstrec.models.base import Recommender
+
+# Up to this many movies the softmax runs over the whole catalogue. Beyond it (ML-20M
+# and up: 27K-87K movies) a (B x L, n_items) logit matrix costs gigabytes per step, so
+# the softmax runs over the batch's own targets plus SAMPLED_CANDIDATES uniform draws,
+# shared by every position of the batch.
+FULL_SOFTMAX_MAX_ITEMS = 20000
+SAMPLED_CANDIDATES = 4096
+
+
+def softmax_candidates(n_items: int, labels: torch.Tensor
+                       ) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """The softmax's candidates for item tokens ``labels`` (any shape): (None, labels - 1)
+    for the whole catalogue, or (sorted tokens (C,), each label's column in them)."""
+    if n_items <= FULL_SOFTMAX_MAX_ITEMS:
+        return None, labels - 1
+    draws = torch.randint(1, n_items + 1, (SAMPLED_CANDIDATES,), device=labels.device)
+    cands = torch.unique(torch.cat([labels.reshape(-1), draws]))  # sorted
+    return cands, torch.searchsorted(cands, labels)
 
 
 class SASRec(Recommender):
@@ -74,8 +93,10 @@ class SASRec(Recommender):
         """Full cross-entropy of the next movie at every real position of the window."""
         labels = torch.cat([batch.hist_item[:, 1:], batch.target[:, None]], 1)  # (B, L)
         real = (batch.hist_item > 0) & (labels > 0)
-        logits = h[real] @ self.item_emb.weight[1:].T  # (N, n_items)
+        cands, target = softmax_candidates(self.n_items, labels[real])
+        emb = self.item_emb.weight[1:] if cands is None else self.item_emb.weight[cands]
+        logits = h[real] @ emb.T  # (N, n_items or C)
         # a sum over positions per window, averaged over windows: each window weighs the
         # same whatever its padding, so ranks' shares of a batch combine exactly (DDP)
-        ce = F.cross_entropy(logits, labels[real] - 1, reduction="sum")
+        ce = F.cross_entropy(logits, target, reduction="sum")
         return ce / (len(batch) * h.shape[1])
