@@ -132,3 +132,21 @@ def test_dense_and_sparse_lookups_agree(monkeypatch):
     sparse = (model.scorer.raw(batch.hist_item, cands), model.score_all(batch))
     for a, b in zip(dense, sparse, strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_big_data_tunes_on_a_user_sample_and_fits_the_best_on_all():
+    from bstrec.models.cooccurrence import fit_cooccurrence, tune_cooccurrence, tuning_rows
+
+    ds = tiny_dataset(n_users=40)
+    sp = leave_one_out(ds)
+    rows = sp.train_rows(ds.user_offsets)
+    sample = tuning_rows(ds.user, rows, len(rows) // 4)
+    users = np.unique(ds.user[sample])
+    assert 0 < len(sample) <= len(rows) // 2 and 1 <= len(users) < 20
+    # whole users: each sampled user keeps every one of their training rows
+    assert len(sample) == np.isin(ds.user[rows], users).sum()
+    val, _ = counting_validator(ds, sp)
+    model, _ = tune_cooccurrence(ds.item, ds.user, rows, ds.n_items, val,
+                                 max_rows=len(rows) // 4)
+    full = fit_cooccurrence(ds.item, ds.user, rows, ds.n_items, model.scorer.p)
+    torch.testing.assert_close(model.scorer.counts.values, full.scorer.counts.values)

@@ -62,19 +62,20 @@ def count_pairs(item_tok: np.ndarray, user: np.ndarray, train_rows: np.ndarray, 
     rows = np.asarray(train_rows, dtype=np.int64)
     in_train = np.zeros(len(item_tok) + window + 1, dtype=bool)
     in_train[rows] = True
-    keys, weights = [], []
+    keys, counts = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
     for k in range(1, window + 1):
         nxt = rows + k
         ok = in_train[nxt] & (user[np.minimum(nxt, len(user) - 1)] == user[rows])
         a, b = item_tok[rows[ok]].astype(np.int64), item_tok[nxt[ok]].astype(np.int64)
         a, b = a[a != b], b[a != b]  # a re-watch says nothing about what comes next
-        pairs = [a * size + b, b * size + a] if symmetric else [a * size + b]
-        keys += pairs
-        weights += [np.full(len(a), pair_decay ** (k - 1))] * len(pairs)
-    if not keys:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-    uniq, inv = np.unique(np.concatenate(keys), return_inverse=True)
-    return uniq, np.bincount(inv, weights=np.concatenate(weights)).astype(np.float32)
+        pairs = np.concatenate([a * size + b, b * size + a]) if symmetric else a * size + b
+        # merged one distance at a time: on 32M ratings all distances' raw pairs at once
+        # would need tens of GB, their distinct keys a few
+        new, n = np.unique(pairs, return_counts=True)
+        keys, inv = np.unique(np.concatenate([keys, new]), return_inverse=True)
+        counts = np.bincount(inv, weights=np.concatenate(
+            [counts, n * np.float32(pair_decay ** (k - 1))])).astype(np.float32)
+    return keys, counts
 
 
 class CooccurrenceScorer(nn.Module):
@@ -177,21 +178,40 @@ def fit_cooccurrence(item: np.ndarray, user: np.ndarray, train_rows: np.ndarray,
     return model
 
 
+# Above this many training rows the grid is searched on a subset of users' rows: on
+# 32M ratings its 14 refits would take most of an hour on 2 cores
+TUNE_MAX_ROWS = 2_000_000
+
 # The grid `tune` searches: windows and directions need a refit, the rest do not.
 GRID_FIT = {"window": (1, 3, 5, 10), "symmetric": (False, True), "pair_decay": (1.0, 0.7)}
 GRID_SCORE = {"last_n": (1, 5, 10, 20), "decay": (0.6, 0.7, 0.8), "alpha": (0.0, 0.25, 0.5)}
 
 
+def tuning_rows(user: np.ndarray, train_rows: np.ndarray, max_rows: int,
+                seed: int = 0) -> np.ndarray:
+    """The training rows of a seeded random subset of users, about ``max_rows`` of them
+    (all rows when there are no more than that)."""
+    if len(train_rows) <= max_rows:
+        return train_rows
+    users = np.unique(user[train_rows])
+    keep = np.random.default_rng(seed).permutation(users)
+    share = max(1, int(len(users) * max_rows / len(train_rows)))
+    return train_rows[np.isin(user[train_rows], keep[:share])]
+
+
 def tune_cooccurrence(item: np.ndarray, user: np.ndarray, train_rows: np.ndarray,
-                      n_items: int, evaluate, log=None) -> tuple[Cooccurrence, list[dict]]:
+                      n_items: int, evaluate, log=None, max_rows: int = TUNE_MAX_ROWS
+                      ) -> tuple[Cooccurrence, list[dict]]:
     """Pick window, direction, last_n, decay and alpha by validation NDCG@10.
 
     ``evaluate(model) -> float`` scores a fitted model on the validation targets. The
     counting settings are searched with the scoring ones at their defaults, then the
     scoring settings on the best counts (a coordinate search: 14 + 30 evaluations
-    instead of the full product's 504).
+    instead of the full product's 504). Above ``max_rows`` training rows the grid runs
+    on the rows of a random subset of users, then the best setting is fitted on all.
     """
     trials: list[dict] = []
+    all_rows, train_rows = train_rows, tuning_rows(user, train_rows, max_rows)
 
     def trial(model: Cooccurrence, params: CooccurrenceParams) -> float:
         t0 = time.perf_counter()
@@ -221,6 +241,11 @@ def tune_cooccurrence(item: np.ndarray, user: np.ndarray, train_rows: np.ndarray
         s = trial(best_model, params)
         if s > best:
             best, best_params = s, params
+    if len(train_rows) < len(all_rows):
+        if log:
+            log(f"cooccurrence: tuned on {len(train_rows):,} of {len(all_rows):,} training "
+                "rows; fitting the best setting on all")
+        best_model = fit_cooccurrence(item, user, all_rows, n_items, best_params)
     best_model.scorer.set_params(best_params)
     return best_model, trials
 
