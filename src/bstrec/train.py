@@ -49,6 +49,7 @@ from bstrec.models.factory import (
     fit_wide,
     task_of,
 )
+from bstrec.retrieval import retrieval_size
 from bstrec.run_dir import atomic_write_text, save_model, write_data_files
 from bstrec.sampling import NegativeSampler, training_loss
 
@@ -80,8 +81,9 @@ def validate(model: Recommender, store: SequenceStore, split: Split, max_len: in
         rows = rows[shard_bounds(len(rows), ctx.rank, ctx.world)]
     if model.task == "rating":
         m = evaluate_rating(model, store, rows, max_len, device=device)
-    else:
-        m = evaluate_ranking(model, store, rows, max_len, device=device, now=now)
+    else:  # big catalogues: retrieve-then-rank, as evaluation and serving do
+        m = evaluate_ranking(model, store, rows, max_len, device=device, now=now,
+                             candidates=retrieval_size(model, None))
     if ctx is not None and ctx.enabled:
         m = merge_shard_metrics(ctx.all_gather_object(m))
     return m
@@ -593,13 +595,22 @@ def _kept_note(out: Path) -> str:
             f"--set train.lr=...` and a lower learning rate")
 
 
+# A baseline's grid is dozens of full-catalogue validation passes: its validation
+# sample holds about this many (user, movie) scores, at least TUNE_MIN_USERS users.
+# ml-1m-u2999 (3,615 movies) keeps all 2,999 users; 87K movies get 1,000.
+TUNE_SCORES = 12_000_000
+TUNE_MIN_USERS = 1000
+
+
 def _val_ndcg(store: SequenceStore, split: Split, cfg: RunConfig, device="cpu"):
-    """Validation NDCG@10 of a fitted baseline on the validation sample that training
-    uses (``train.val_users``), scored on ``device``: its grid search is dozens of
-    full-catalogue passes."""
+    """Validation NDCG@10 of a fitted baseline, scored on ``device``, on a fixed sample
+    of at most ``train.val_users`` users, fewer on big catalogues (``TUNE_SCORES``)."""
+    fits = max(TUNE_MIN_USERS, TUNE_SCORES // max(store.n_items, 1))
+    users = min(cfg.train.val_users, fits) if cfg.train.val_users else fits
+
     def score(model: Recommender) -> float:
         return validate(model.to(device), store, split, cfg.data.max_len, device=device,
-                        now=cfg.data.now, max_users=cfg.train.val_users)["NDCG@10"]
+                        now=cfg.data.now, max_users=users)["NDCG@10"]
     return score
 
 
