@@ -19,9 +19,5 @@ app.add_typer(data_cmd.app, name="data")
 
 # Sub-commands that live in their own modules register themselves on `app`, with
 # `app.command(cls=Command)` (commands/common.py: plain flags in --help).
-for _module in ("train", "evaluate", "recommend", "quickstart", "serve", "bench"):
-    try:
-        __import__(f"bstrec.commands.{_module}", fromlist=["register"]).register(app)
-    except ModuleNotFoundError as e:  # a command module not written yet
-        if e.name != f"bstrec.commands.{_module}":
-            raise
+for _module in ("train", "evaluate", "recommend", "quickstart", "serve"):
+    __import__(f"bstrec.commands.{_module}", fromlist=["register"]).register(app)

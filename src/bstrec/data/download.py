@@ -21,35 +21,15 @@ import urllib.error
 import urllib.request
 import zipfile
 from dataclasses import dataclass
-from functools import cache
-from importlib import resources
 from pathlib import Path
 
 from bstrec.data import cache as cache_mod
+from bstrec.data.archives import MARKER, is_complete, known_archives, spec_for
 from bstrec.data.interactions import DataError
+from bstrec.data.loaders import LoadOptions, load_path, locate
 
 GROUPLENS = "https://files.grouplens.org/datasets/movielens"
-MARKER = ".bstrec.json"
 CHUNK = 1 << 20
-
-
-@dataclass(frozen=True)
-class ArchiveSpec:
-    name: str
-    url: str
-    size: int | None  # bytes, None where no trusted figure is known
-    md5: str | None
-    source: str  # where the figures come from
-
-
-@cache
-def known_archives() -> dict[str, ArchiveSpec]:
-    raw = json.loads(resources.files("bstrec.data").joinpath("checksums.json").read_text())
-    return {
-        name: ArchiveSpec(name, v["url"], v["size"], v["md5"], v["source"])
-        for name, v in raw.items()
-        if not name.startswith("_")
-    }
 
 
 @dataclass(frozen=True)
@@ -72,20 +52,9 @@ class DownloadResult:
     archive: Path | None = None
 
 
-def is_complete(folder: Path) -> bool:
-    return (folder / MARKER).is_file()
-
-
 def _timeout(default: float) -> float:
     env = os.environ.get("BSTREC_DOWNLOAD_TIMEOUT")
     return float(env) if env else default
-
-
-def spec_for(name: str) -> ArchiveSpec:
-    known = known_archives()
-    if name not in known:
-        raise DataError(f"{name}: unknown data set; known: {', '.join(known)}")
-    return known[name]
 
 
 def resolve(name: str, opts: DownloadOptions) -> tuple[str, str | None, int | None]:
@@ -301,8 +270,6 @@ def import_dataset(
     The copy is read in full first; if that fails nothing is left in the data folder.
     A zip named like a known archive must match its published md5.
     """
-    from bstrec.data.loaders import LoadOptions, load_path, locate
-
     src = Path(path).expanduser()
     if not src.exists():
         raise DataError(f"{src}: no such file or folder")

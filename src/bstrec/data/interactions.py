@@ -70,9 +70,6 @@ class Dataset:
     def user_index(self) -> dict:
         return {_key(r): i for i, r in enumerate(self.user_ids.tolist())}
 
-    def item_index(self) -> dict:
-        return {_key(r): i for i, r in enumerate(self.item_ids.tolist())}
-
     def validate(self) -> None:
         """Cheap structural invariants; raises AssertionError on a bug in a reader."""
         n = self.n_interactions

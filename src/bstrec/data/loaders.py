@@ -18,6 +18,7 @@ from pathlib import Path
 
 from bstrec.atomic import atomic_write_bytes
 from bstrec.data import cache as cache_mod
+from bstrec.data.archives import is_complete, known_archives
 from bstrec.data.interactions import DataError, Dataset, build_dataset
 from bstrec.data.readers import (
     check_known_items,
@@ -54,10 +55,6 @@ def _layout_of(folder: Path) -> str | None:
         if (folder / ratings).is_file():
             return fmt
     return None
-
-
-def detect_format(path: Path) -> str:
-    return locate(path)[0]
 
 
 def locate(path: Path) -> tuple[str, Path]:
@@ -133,11 +130,6 @@ def load_movielens(folder: Path, fmt: str, name: str | None = None) -> Dataset:
     )
 
 
-def load_ml1m(folder: Path, name: str | None = None) -> Dataset:
-    """ML-1M (and ML-10M) `::` files: ratings.dat, movies.dat, users.dat (optional)."""
-    return load_movielens(folder, "ml-1m", name)
-
-
 def parse(fmt: str, path: Path, opts: LoadOptions) -> Dataset:
     """Read the source files; no cache involved."""
     if fmt == "interactions":
@@ -189,8 +181,6 @@ def find_named(name: str, data_dir: str | os.PathLike | None = None) -> Path | N
     if not _NAME.match(name):
         return None
     folder = cache_mod.datasets_dir(data_dir) / name
-    from bstrec.data.download import is_complete
-
     return folder if is_complete(folder) else None
 
 
@@ -219,8 +209,6 @@ def load_dataset(
         if opts.name is None:
             opts = replace(opts, name=str(path_or_name))
         return load_path(named, opts)
-    from bstrec.data.download import known_archives
-
     if str(path_or_name) in known_archives():
         raise DataError(
             f"{path_or_name}: not in the data folder {cache_mod.datasets_dir(data_dir)} yet; "

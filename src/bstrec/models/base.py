@@ -48,7 +48,3 @@ class Recommender(nn.Module):
         None for models without a notion of it.
         """
         return None
-
-    @property
-    def trainable(self) -> bool:
-        return any(p.requires_grad for p in self.parameters())

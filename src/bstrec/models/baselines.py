@@ -129,6 +129,3 @@ class RatingBaseline(Recommender):
     def score(self, batch: Batch, candidates: torch.Tensor) -> torch.Tensor:
         cands = _cands(batch, candidates)
         return self.mean + self.user_bias[batch.user][:, None] + self.item_bias[cands]
-
-
-BASELINES = ("popularity", "transitions", "global-mean", "user-mean", "bias")
