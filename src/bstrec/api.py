@@ -323,6 +323,17 @@ class Run:
                            rec.model.task, method, tuple(contributions))
 
 
+    # ------------------------------------------------------------ export
+    def export_onnx(self, path: str | Path, *, check: bool = True):
+        """Write the full-catalogue scorer as ONNX to ``path`` and its input spec to
+        ``path``.json (see ``bstrec.export_onnx``); with ``check``, ONNX Runtime must
+        reproduce PyTorch's scores within 1e-4 first. Needs the ``onnx`` extra.
+        Returns an ``OnnxExport`` (paths, max score difference, size)."""
+        from bstrec.export_onnx import export_onnx
+
+        return export_onnx(self.loaded, Path(path), check=check)
+
+
 # ---------------------------------------------------------------- helpers
 def _quiet(_msg: str) -> None:
     pass

@@ -19,7 +19,7 @@ app.add_typer(data_cmd.app, name="data")
 
 # Sub-commands that live in their own modules register themselves on `app`, with
 # `app.command(cls=Command)` (commands/common.py: plain flags in --help).
-for _module in ("train", "evaluate", "recommend", "quickstart", "serve", "bench"):
+for _module in ("train", "evaluate", "recommend", "export", "quickstart", "serve", "bench"):
     try:
         __import__(f"bstrec.commands.{_module}", fromlist=["register"]).register(app)
     except ModuleNotFoundError as e:  # a command module not written yet
