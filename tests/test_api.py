@@ -37,6 +37,7 @@ def _seen(ds, u: int) -> set:
 
 def test_fit_writes_a_run_that_load_run_reads(run):
     assert (run.path / "model.safetensors").is_file()
+    assert (run.path / "curves.png").stat().st_size > 1000  # drawn without pyplot
     assert run.model_name == "bst" and run.task == "ranking"
     assert run.config.model.dim == 16 and run.config.train.epochs == 2
     curve = run.learning_curve
