@@ -680,6 +680,11 @@ def _plot_curves(out: Path, history: list[dict]) -> None:
 
 
 def _progress(enabled: bool, total: int, initial: int = 0):
-    from tqdm.auto import tqdm
+    if not enabled:
+        # plain tqdm: importing tqdm.auto warns in a notebook without ipywidgets, even
+        # for a bar that is never shown
+        from tqdm import tqdm
+    else:
+        from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, disable=not enabled, unit="step", leave=False)
