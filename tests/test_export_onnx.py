@@ -142,3 +142,14 @@ def test_missing_onnx_packages_are_named_with_the_extra(run, tmp_path, monkeypat
     with pytest.raises(ExportError, match=r"onnxscript missing\): pip install 'bstrec\[onnx\]'"):
         run.export_onnx(tmp_path / "m.onnx")
     assert not list(tmp_path.iterdir())
+
+
+def test_a_graph_with_a_fixed_batch_size_is_refused(tmp_path):
+    # popularity reads the batch size as a number (len(batch)): torch.export fixes it
+    from bstrec.export_onnx import ExportError
+
+    run = bstrec.fit(tiny_dataset(), out=tmp_path / "pop", model="popularity", log=None)
+    with pytest.raises(ExportError, match="model popularity: the exported graph fixes the "
+                       "batch size"):
+        run.export_onnx(tmp_path / "out" / "pop.onnx")
+    assert list((tmp_path / "out").iterdir()) == []

@@ -210,6 +210,7 @@ def export_onnx(run: LoadedRun, out: Path, *, check: bool = True,
     try:
         _export(scorer, example, tmp, names, batch_dim, opset)
         seconds = time.perf_counter() - t0
+        _check_batch_axis(tmp, cfg.model.name)
         diff = None
         if check:
             diff = _max_diff(tmp, names, [scorer.inputs_of(b) for b in batches], expected)
@@ -265,7 +266,30 @@ def _summary(e: Exception) -> str:
     return f"{type(e).__name__}: {lines[0] if lines else ''}"
 
 
+def _check_batch_axis(path: Path, model_name: str) -> None:
+    """Every input's first axis must stay symbolic. torch.export fixes it to the example's
+    size when the model reads the batch size as a Python int (``len(batch)``, as some
+    baselines do): the graph would then score only batches of exactly that size."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    fixed = [v.name for v in graph.input if not v.type.tensor_type.shape.dim[0].dim_param]
+    if fixed:
+        raise ExportError(f"model {model_name}: the exported graph fixes the batch size of "
+                          f"{', '.join(fixed)} (its scoring reads the batch size as a "
+                          "number); BST and SASRec export with any batch size")
+
+
 def _max_diff(path: Path, names, inputs, expected) -> float:
+    try:
+        return _max_diff_unchecked(path, names, inputs, expected)
+    except ExportError:
+        raise
+    except Exception as e:  # onnxruntime's own error types
+        raise ExportError(f"ONNX Runtime cannot run the exported graph: {_summary(e)}") from e
+
+
+def _max_diff_unchecked(path: Path, names, inputs, expected) -> float:
     sess = onnx_session(path, threads=1)
     worst = 0.0
     for args, want in zip(inputs, expected, strict=True):

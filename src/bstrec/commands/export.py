@@ -24,8 +24,7 @@ def export(
                                "reproduces PyTorch's scores (within 1e-4) before writing"),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output"),
 ) -> None:
-    """Export the full-catalogue scorer: history and user features in, a score for
-    every movie out."""
+    """Export the full-catalogue scorer: histories in, every movie's score out."""
     from bstrec.api import load_run
     from bstrec.export_onnx import ExportError
 
