@@ -189,3 +189,13 @@ def test_fit_config_precedence_and_bad_keys(ds, tmp_path):
 def test_describe_is_public(ds):
     d = bstrec.describe(ds)
     assert d["users"] == ds.n_users and d["movies"] == ds.n_items
+
+
+def test_fit_without_out_trains_into_a_temporary_folder(ds, tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # not the real /tmp
+    run = bstrec.fit(ds, model="popularity", log=None)
+    assert run.path.parent == tmp_path and run.path.name.startswith("bstrec-run-")
+    assert (run.path / "model.safetensors").is_file()
+    assert run.recommend(user=1, k=3)

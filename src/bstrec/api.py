@@ -86,10 +86,13 @@ def fit(data: Dataset | str | Path | None = None, *, out: str | Path | None = No
                        overrides=overrides)
     if progress is not None:
         cfg.train.progress = bool(progress)
-    out = Path(tempfile.mkdtemp(prefix="bstrec-run-")) if out is None else Path(out)
     ds = data if isinstance(data, Dataset) else _load(cfg.data.source)
     rank = torchrun_world()[0]
-    created = _first_missing(out) if rank == 0 else None
+    if out is None:
+        out = created = Path(tempfile.mkdtemp(prefix="bstrec-run-"))
+    else:
+        out = Path(out)
+        created = _first_missing(out) if rank == 0 else None
     try:
         training.train(cfg, ds, out, log=log or _quiet, resume=resume)
     except BaseException:
