@@ -153,3 +153,15 @@ def test_a_graph_with_a_fixed_batch_size_is_refused(tmp_path):
                        "batch size"):
         run.export_onnx(tmp_path / "out" / "pop.onnx")
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_the_parity_check_refuses_a_graph_that_scores_differently(run, tmp_path, monkeypatch):
+    # break the exported copy's wide part: the check compares with the run's own model
+    import bstrec.export_onnx as ex
+
+    monkeypatch.setattr(ex, "DENSE_MAX_ITEMS", 0)
+    monkeypatch.setattr(ex._PaddedRows, "weighted_rows",
+                        lambda self, last, w: torch.zeros(last.shape[0], self.size))
+    with pytest.raises(ex.ExportError, match="differ from PyTorch's by up to"):
+        run.export_onnx(tmp_path / "bad.onnx")
+    assert list(tmp_path.iterdir()) == []

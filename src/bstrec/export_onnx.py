@@ -196,8 +196,13 @@ def export_onnx(run: LoadedRun, out: Path, *, check: bool = True,
     cfg = run.config
     scorer = CatalogueScorer(run.model, len(run.user_feature_names), cfg.model.use_user_id)
     batches = parity_batches(run)
+    model = run.model.eval()
     with torch.no_grad():
-        expected = [scorer(*scorer.inputs_of(b)) for b in batches]  # also warms caches
+        # the reference is the run's own model, not the exported copy: a wrong swap of
+        # the wide part would fail here
+        expected = [model.score_all(b) for b in batches]
+        for b in batches:  # warm the copy's caches (cached params, dense pair matrix)
+            scorer(*scorer.inputs_of(b))
     example = scorer.inputs_of(batches[0])
     batch_dim = torch.export.Dim("batch", min=1, max=1 << 20)
     names = scorer.input_names()
