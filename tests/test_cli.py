@@ -223,6 +223,7 @@ def test_help_shows_flags_plainly_and_the_defaults_of_train():
         ["data", "info"],
         ["data", "download"],
         ["evaluate"],
+        ["export"],
         ["serve"],
         ["quickstart"],
         [],

@@ -19,5 +19,5 @@ app.add_typer(data_cmd.app, name="data")
 
 # Sub-commands that live in their own modules register themselves on `app`, with
 # `app.command(cls=Command)` (commands/common.py: plain flags in --help).
-for _module in ("train", "evaluate", "recommend", "quickstart", "serve"):
+for _module in ("train", "evaluate", "recommend", "export", "quickstart", "serve"):
     __import__(f"bstrec.commands.{_module}", fromlist=["register"]).register(app)

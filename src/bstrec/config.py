@@ -141,6 +141,12 @@ class RunConfig:
             raise ValueError(f"{path}: not valid YAML: {e}") from None
         return cls.from_dict(raw)
 
+    def set(self, key: str, value: Any) -> RunConfig:
+        """Set ``section.name`` (e.g. ``"train.lr"``) to ``value``, checked and converted
+        to the field's type as for a config file; ValueError names the key."""
+        _set(self, key, value)
+        return self
+
     def override(self, assignments: list[str]) -> RunConfig:
         for a in assignments:
             if "=" not in a:

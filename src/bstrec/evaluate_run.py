@@ -8,15 +8,17 @@ from bstrec.data.batches import SequenceStore
 from bstrec.data.splits import make_split
 from bstrec.evaluate import evaluate_ranking, evaluate_rating, sample_targets
 from bstrec.retrieval import retrieval_size
-from bstrec.run_dir import load_run
+from bstrec.run_dir import LoadedRun, load_run
 
 
-def evaluate_run(run_dir: Path, split: str = "val", users: int = 0,
+def evaluate_run(run: Path | str | LoadedRun, split: str = "val", users: int = 0,
                  now: str = "last-input", candidates: int | None = None) -> dict:
-    """Protocol R or T of a run folder; ``users`` > 0: the fixed sample of that many
-    users that training validates on; ``now="target"``: R-paper, labelled so;
-    ``candidates``: retrieve-then-rank (``bstrec.retrieval.retrieval_size``)."""
-    run = load_run(run_dir)
+    """Protocol R or T of a run folder (or a run already loaded); ``users`` > 0: the
+    fixed sample of that many users that training validates on; ``now="target"``:
+    R-paper, labelled so; ``candidates``: retrieve-then-rank
+    (``bstrec.retrieval.retrieval_size``)."""
+    if not isinstance(run, LoadedRun):
+        run = load_run(run)
     ds = run.dataset
     sp = make_split(ds, run.config.data.split)
     store = SequenceStore(ds, run.user_feature_names)

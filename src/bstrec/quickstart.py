@@ -1,4 +1,5 @@
-"""One command from data to recommendations: what `bstrec quickstart` runs."""
+"""One command from data to recommendations: what `bstrec quickstart` runs, on the
+public API (``fit``, ``Run.evaluate``, ``Run.recommend``)."""
 
 from __future__ import annotations
 
@@ -6,14 +7,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bstrec.api import describe, fit
 from bstrec.config import RunConfig
-from bstrec.data.batches import SequenceStore
 from bstrec.data.interactions import Dataset
-from bstrec.data.splits import make_split
-from bstrec.evaluate import evaluate_ranking
-from bstrec.recommend import Recommendations, Recommender
-from bstrec.run_dir import load_run
-from bstrec.train import train
+from bstrec.results import Recommendations
 
 
 @dataclass
@@ -38,15 +35,12 @@ def quickstart(ds: Dataset, out: Path, epochs: int | None = None, user=None,
 
     Fixed work, not a time budget: the table does not depend on how busy the machine is.
     """
-    from bstrec.data.stats import describe
-
     result = QuickstartResult(data=describe(ds))
-    split = make_split(ds, "leave-one-out")
-    test_rows = split.targets("test")
-    store = SequenceStore(ds)
+    bst = None
     for name in (*PEERS, "bst"):
         cfg = RunConfig()
         cfg.model.name = name
+        cfg.data.split = "leave-one-out"
         if name == "bst":
             cfg.train.epochs = epochs or QUICKSTART_EPOCHS
             cfg.train.eval_every = max(1.0, cfg.train.epochs / 2)
@@ -56,14 +50,13 @@ def quickstart(ds: Dataset, out: Path, epochs: int | None = None, user=None,
             log(f"skipping ease: {ds.n_items:,} movies is above its dense limit")
             continue
         log(f"training {name}" + (f" ({cfg.train.epochs} epochs)" if name == "bst" else ""))
-        res = train(cfg, ds, out / name, log=log)
-        run = load_run(out / name)  # the checkpoint chosen on validation
-        m = evaluate_ranking(run.model, SequenceStore(ds, run.user_feature_names), test_rows,
-                             cfg.data.max_len)
-        result.table.append({"model": name, **m, "train_seconds": res.train_seconds})
-    del store
+        run = fit(ds, out=out / name, config=cfg, log=log)
+        m = run.evaluate("test")  # the checkpoint chosen on validation; protocol R
+        m = {k: v for k, v in m.items() if k not in ("model", "task", "data", "split")}
+        result.table.append({"model": name, **m,
+                             "train_seconds": run.summary["train_seconds"]})
+        bst = run
     result.run_dir = str(out / "bst")
-    rec = Recommender(load_run(out / "bst"))
     who = user if user is not None else ds.user_ids[0].item()
-    result.example = rec.for_user(who, 10)
+    result.example = bst.recommend(user=who, k=10)
     return result

@@ -682,14 +682,15 @@ def _write_summary(out: Path, cfg: RunConfig, ds: Dataset, result: TrainResult) 
 def _plot_curves(out: Path, history: list[dict]) -> None:
     if not history:
         return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A Figure without pyplot draws to a file with no backend: matplotlib.use("Agg")
+    # would switch the backend of a notebook that calls bstrec.fit, and its own plots
+    # would stop showing.
+    from matplotlib.figure import Figure
 
     x = [h["fraction"] if "fraction" in h else h["epoch"] for h in history]
     key = "NDCG@10" if "NDCG@10" in history[0] else "RMSE"
-    fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
+    fig = Figure(figsize=(9, 3.5))
+    ax = fig.subplots(1, 2)
     ax[0].plot(x, [h["train_loss"] for h in history], marker="o")
     ax[0].set(xlabel="epoch", ylabel="training loss")
     ax[1].plot(x, [h[key] for h in history], marker="o", color="C1")
@@ -697,11 +698,15 @@ def _plot_curves(out: Path, history: list[dict]) -> None:
     fig.tight_layout()
     tmp = out / ".curves.tmp.png"
     fig.savefig(tmp, dpi=80)
-    plt.close(fig)
     tmp.replace(out / "curves.png")
 
 
 def _progress(enabled: bool, total: int, initial: int = 0):
-    from tqdm.auto import tqdm
+    if not enabled:
+        # plain tqdm: importing tqdm.auto warns in a notebook without ipywidgets, even
+        # for a bar that is never shown
+        from tqdm import tqdm
+    else:
+        from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, disable=not enabled, unit="step", leave=False)

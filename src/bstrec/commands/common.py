@@ -1,9 +1,10 @@
 """Helpers every command shares: JSON output, clean failures and the command classes.
 
 Exit status: 0 on success, 2 for a usage error (a bad option value, a malformed id
-list, an unknown model name, a bad ``--set`` or config file), 1 for a data or runtime
-error. Either way one line ``error: ...`` goes to stderr, without a traceback.
-`fail_cleanly` is the one place that maps exception types to these codes.
+list, an unknown model name, a bad ``--set`` or config file, or the public API's
+``ArgumentError``), 1 for a data or runtime error. Either way one line ``error: ...``
+goes to stderr, without a traceback. `fail_cleanly` is the one place that maps
+exception types to these codes.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from bstrec.data.interactions import DataError
+from bstrec.errors import ArgumentError
 
 USAGE_EXIT = 2
 ERROR_EXIT = 1
@@ -44,12 +46,12 @@ def _default(o):
 
 @contextmanager
 def fail_cleanly(extra: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
-    """Known errors print one line to stderr and exit: 2 for usage errors (`UsageError`
-    and the option parser's own), 1 for data and runtime errors (DataError,
-    FileNotFoundError and the types in ``extra``)."""
+    """Known errors print one line to stderr and exit: 2 for usage errors (`UsageError`,
+    the API's `ArgumentError` and the option parser's own), 1 for data and runtime
+    errors (DataError, FileNotFoundError and the types in ``extra``)."""
     try:
         yield
-    except UsageError as e:
+    except (UsageError, ArgumentError) as e:
         _say(str(e))
         raise typer.Exit(USAGE_EXIT) from None
     except typer.TyperException as e:  # the option parser's: bad value, unknown option

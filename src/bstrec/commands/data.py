@@ -86,8 +86,7 @@ def info(
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output"),
 ) -> None:
     """Users, movies, interactions, time range, ratings histogram, sequence lengths."""
-    from bstrec import load_dataset
-    from bstrec.data.stats import describe
+    from bstrec import describe, load_dataset
 
     with fail_cleanly():
         ds = load_dataset(

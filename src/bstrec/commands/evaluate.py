@@ -28,13 +28,13 @@ def evaluate(
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output"),
 ) -> None:
     """Full-catalogue ranking metrics (protocol R) or rating errors (protocol T)."""
-    from bstrec.evaluate_run import evaluate_run
+    from bstrec.api import load_run
 
     with fail_cleanly((ValueError,)):
         if split not in ("val", "test"):
             raise UsageError(f"--split must be val or test, not {split!r}")
-        metrics = evaluate_run(run_dir, split, users=users,
-                               now="target" if paper else "last-input", candidates=candidates)
+        metrics = load_run(run_dir).evaluate(split, users=users, paper=paper,
+                                             candidates=candidates)
     if json_out:
         emit_json(metrics)
         return

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from bstrec.commands.common import Command, UsageError, emit_json, fail_cleanly
+from bstrec.results import Recommendations
 
 
 def register(app: typer.Typer) -> None:
@@ -23,20 +24,19 @@ def recommend(
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output"),
 ) -> None:
     """Recommend unseen movies, each with the watched movies that drove it."""
-    from bstrec.recommend import Recommender
-    from bstrec.run_dir import load_run
+    from bstrec.api import load_run
 
     with fail_cleanly((ValueError,)):
         if (user is None) == (history is None):
             raise UsageError("give exactly one of --user or --history")
         ids = None if history is None else parse_id_list(history, "--history")
-        rec = Recommender(load_run(run_dir))
+        run = load_run(run_dir)
         if ids is None:
-            out = rec.for_user(user, k)
+            out = run.recommend(user=user, k=k)
         else:
-            if rec.ds.item_ids.dtype.kind in "iu":  # the data set's movie ids are numbers
+            if run.dataset.item_ids.dtype.kind in "iu":  # the data set's movie ids are numbers
                 check_whole_numbers(ids, "--history")
-            out = rec.for_history(ids, k)
+            out = run.recommend(history=ids, k=k)
     if json_out:
         emit_json(out.to_dict())
         return
@@ -60,7 +60,7 @@ def check_whole_numbers(ids: list[str], option: str) -> None:
                              "movie ids are whole numbers)")
 
 
-def print_recommendations(out) -> None:
+def print_recommendations(out: Recommendations) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -77,7 +77,7 @@ def print_recommendations(out) -> None:
     picks = Table(title=f"Recommended for {who}")
     for col in ("#", "movie", "title", "genres", label, "because you watched"):
         picks.add_column(col)
-    for i, p in enumerate(out.picks, 1):
+    for i, p in enumerate(out, 1):
         because = "; ".join(b.title for b in p.because)
         picks.add_row(str(i), str(p.movie_id), p.title, ", ".join(p.genres),
                       f"{p.score:.3f}", because)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import typer
 
+from bstrec.api import check_model_name
 from bstrec.commands.common import Command, emit_json, fail_cleanly, usage_errors
 from bstrec.config import RunConfig
 from bstrec.data.interactions import DataError
@@ -55,11 +56,10 @@ def train(
     json_out: bool = typer.Option(False, "--json", help="Print the best metrics as JSON"),
 ) -> None:
     """Train a model and keep the best checkpoint (by validation) in OUT."""
-    from bstrec import load_dataset
+    from bstrec.api import fit
     from bstrec.checkpoint import CheckpointError
     from bstrec.distributed import torchrun_world
     from bstrec.train import TrainingError
-    from bstrec.train import train as run_training
 
     rank = torchrun_world()[0]
     with fail_cleanly((ValueError, TrainingError, CheckpointError)):
@@ -67,24 +67,18 @@ def train(
             cfg = _resolve_config(data, task, out, model, config, set_, seed, device, resume)
         if resume is not None:
             out = resume
-        ds = load_dataset(cfg.data.source)
-        log = (lambda _msg: None) if json_out else typer.echo
         if json_out:
             cfg.train.progress = False
-        # a folder this command creates is removed again if training fails before it
-        # holds a model or a checkpoint; a folder that was there already is never removed
-        created = _first_missing(out) if rank == 0 else None
-        try:
-            result = run_training(cfg, ds, out, log=log, resume=resume is not None)
-        except BaseException:
-            if created is not None:
-                _remove_if_empty_run(created, out)
-            raise
+        # the public API's fit: reads the data, trains, and removes a folder it created
+        # if training fails before that folder holds a model or a checkpoint
+        run = fit(None, out=out, config=cfg, resume=resume is not None,
+                  log=None if json_out else typer.echo)
     if rank != 0:
         return  # rank 0 reports for the whole run
     if json_out:
-        emit_json({"run_dir": str(out), "best_val": result.best,
-                   "train_seconds": result.train_seconds})
+        summary = run.summary
+        emit_json({"run_dir": str(out), "best_val": summary["best_val"],
+                   "train_seconds": summary["train_seconds"]})
     else:
         typer.echo(f"run folder: {out}")
 
@@ -121,38 +115,5 @@ def _resolve_config(data, task, out, model, config, set_, seed, device, resume) 
     if device is not None:
         cfg.train.device = device
     cfg.override(set_)
-    check_model_name(cfg.model.name)
+    check_model_name(cfg.model.name)  # before any data is read
     return cfg
-
-
-def check_model_name(name: str) -> None:
-    from bstrec.models.factory import MODELS
-
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
-
-
-def _first_missing(path: Path) -> Path | None:
-    """The outermost folder of ``path`` that does not exist yet (what mkdir -p would
-    create), or None when ``path`` exists."""
-    path = path.absolute()
-    if path.exists():
-        return None
-    while not path.parent.exists():
-        path = path.parent
-    return path
-
-
-def _remove_if_empty_run(created: Path, out: Path) -> None:
-    """Remove ``created`` (made by this command) unless training got as far as writing
-    a model or a checkpoint into ``out``."""
-    import shutil
-
-    from bstrec.checkpoint import checkpoint_dir
-
-    out = out.absolute()
-    if not created.exists():
-        return
-    if (out / "model.safetensors").exists() or any(checkpoint_dir(out).glob("*.pt")):
-        return
-    shutil.rmtree(created, ignore_errors=True)
