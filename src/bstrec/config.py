@@ -44,6 +44,9 @@ class ModelConfig:
     use_year: bool = True
     use_user_features: bool = True
     use_user_id: bool = False
+    # share of training examples whose user features (and id) are replaced by "unknown"
+    # (code 0), as an anonymous history request has them
+    user_feature_dropout: float = 0.0
     interaction_features: bool = True  # add target*history products to the MLP input
     # ranking: the co-occurrence baseline's score as an input of the head (Wide & Deep),
     # fitted and tuned on the training part when training starts | none

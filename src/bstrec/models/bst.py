@@ -219,9 +219,18 @@ class BST(Recommender):
         return self.emb_drop(self.emb_norm(self.item_tokens(candidates) + gap))
 
     def user_vector(self, batch: Batch) -> torch.Tensor | None:
-        parts = [emb(batch.user_feats[:, i]) for i, emb in enumerate(self.user_feat_emb)]
+        feats, user = batch.user_feats, batch.user
+        p = self.cfg.user_feature_dropout
+        if self.training and p > 0 and len(user):
+            # an anonymous request (a typed history) carries code 0, "unknown", for every
+            # user feature: train that row too, on a share of the examples, or it would
+            # be an untrained random vector at serving time
+            drop = torch.rand(len(user), device=user.device) < p  # (B,)
+            feats = feats.masked_fill(drop[:, None], 0)
+            user = user.masked_fill(drop, 0)
+        parts = [emb(feats[:, i]) for i, emb in enumerate(self.user_feat_emb)]
         if self.user_id_emb is not None:
-            parts.append(self.user_id_emb(batch.user))
+            parts.append(self.user_id_emb(user))
         return torch.cat(parts, -1) if parts else None  # (B, U)
 
     def wide_feature(self, batch: Batch, candidates: torch.Tensor | None,
