@@ -38,6 +38,7 @@ def _cfg(**train) -> RunConfig:
     cfg = RunConfig()
     cfg.model.dim, cfg.model.heads, cfg.model.mlp = 16, 2, [16, 8]
     cfg.model.dropout = 0.0  # dropout masks are per rank: they would differ from 1 process
+    cfg.model.user_feature_dropout = 0.0  # so are the anonymous-request masks
     cfg.data.max_len = 5
     cfg.train.epochs, cfg.train.batch_size, cfg.train.negatives = 2, 64, 16
     cfg.train.progress, cfg.train.patience, cfg.train.lr = False, 10, 1e-2
@@ -59,7 +60,7 @@ def _scenarios() -> dict[str, RunConfig]:
     rating = _cfg(batch_size=50)
     rating.model.task = "rating"
     dropout = _cfg(epochs=1)
-    dropout.model.dropout = 0.3
+    dropout.model.dropout = dropout.model.user_feature_dropout = 0.3
     # the other scoring path and the user-id embedding: DDP must see every parameter used
     dropout.model.output, dropout.model.use_user_id = "concat", True
     return {

@@ -230,7 +230,7 @@ class Run:
         paper: R-paper, the gap feature measured from the target's own time (the BST
         paper's offline choice) instead of the last input watch. candidates: retrieve
         this many movies per user with the model's cheap stage and rank only those (0:
-        the whole catalogue; None: 200 above 20,000 movies, else 0), reporting the
+        the whole catalogue; None: 200 above 5,000 movies, else 0), reporting the
         stage's recall.
         """
         from bstrec.evaluate_run import evaluate_run

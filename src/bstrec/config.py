@@ -46,7 +46,7 @@ class ModelConfig:
     use_user_id: bool = False
     # share of training examples whose user features (and id) are replaced by "unknown"
     # (code 0), as an anonymous history request has them
-    user_feature_dropout: float = 0.0
+    user_feature_dropout: float = 0.1  # val NDCG@10 0.1889 -> 0.1928 (docs, round 4)
     interaction_features: bool = True  # add target*history products to the MLP input
     # ranking: the co-occurrence baseline's score as an input of the head (Wide & Deep),
     # fitted and tuned on the training part when training starts | none

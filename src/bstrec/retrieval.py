@@ -14,9 +14,11 @@ import torch
 from bstrec.data.batches import Batch
 from bstrec.models.base import Recommender
 
-# retrieval is on by default above this many movies (docs/experiments.md, retrieval):
-# below it a full pass costs little and the stage can only lose quality
-AUTO_MIN_ITEMS = 20000
+# Retrieval is on by default above this many movies. On ml-1m-u2999 (3,615 movies)
+# retrieving 50 to 500 left validation and test NDCG@10 unchanged while scoring 9x
+# faster; at 10,000 movies a full pass over 10,000 users took 550 s on one CPU thread.
+# Catalogues the size of ML-1M keep the plain full ranking of protocol R.
+AUTO_MIN_ITEMS = 5000
 DEFAULT_CANDIDATES = 200
 
 

@@ -205,6 +205,7 @@ def test_big_catalogues_train_the_softmaxes_on_a_shared_sample(monkeypatch):
     full = model.full_softmax_loss(batch, model.user_side(batch), model._own_pairs(batch))
     monkeypatch.setattr(sasrec_module, "FULL_SOFTMAX_MAX_ITEMS", 10)
     monkeypatch.setattr(sasrec_module, "SAMPLED_CANDIDATES", 8)
+    monkeypatch.setattr(sasrec_module, "SAMPLED_POSITIONS", 5)
     labels = torch.tensor([[5, 7], [7, 40]])
     cands, cols = sasrec_module.softmax_candidates(ds.n_items, labels)
     assert torch.equal(cands[cols], labels) and len(cands) <= 3 + 8

@@ -24,7 +24,7 @@ def evaluate(
     candidates: int = typer.Option(None, "--candidates", min=0, help="Retrieve this many "
                                    "movies per user with the model's cheap stage and rank "
                                    "only those (0: rank the whole catalogue; default: 200 "
-                                   "above 20,000 movies, else 0)"),
+                                   "above 5,000 movies, else 0)"),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output"),
 ) -> None:
     """Full-catalogue ranking metrics (protocol R) or rating errors (protocol T)."""
