@@ -35,7 +35,7 @@ TIMING = ("train_seconds", "targets_per_second", "eval_seconds")
 
 CHILD = """
 import sys, time
-import bstrec.train as T
+import bstrec.training.step as T
 from bstrec.sampling import training_loss
 calls = 0
 def stall_at_kill_step(*args, **kwargs):
@@ -141,7 +141,7 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path, dat
 
 def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(
         tmp_path, data, monkeypatch, restore_threads):
-    import bstrec.train as T
+    import bstrec.training.step as T
     from bstrec import load_dataset
 
     real = T.training_loss
