@@ -18,8 +18,13 @@ class Recommender(nn.Module):
     task: str = "ranking"  # ranking | rating
     n_items: int
 
-    def loss(self, batch: Batch, negatives: torch.Tensor | None = None) -> torch.Tensor:
-        """Training loss of a batch; ``negatives`` (N,) item tokens for ranking."""
+    def loss(self, batch: Batch, negatives: torch.Tensor | None = None,
+             loss: str = "sampled-softmax", neg_logq: torch.Tensor | None = None
+             ) -> torch.Tensor:
+        """Training loss of a batch. Ranking: ``negatives`` item tokens, (N,) shared by
+        the batch for ``loss="sampled-softmax"`` (``neg_logq``: their log sampling
+        probability relative to uniform, for the correction) or (B, N) per target for
+        ``loss="bce"``; a model with its own candidates may ignore them. Rating: MSE."""
         raise NotImplementedError(f"{type(self).__name__} is not trained by gradient")
 
     def score(self, batch: Batch, candidates: torch.Tensor) -> torch.Tensor:

@@ -88,7 +88,11 @@ class SASRec(Recommender):
     def score_all(self, batch: Batch) -> torch.Tensor:
         return self.user_vector(batch) @ self.item_emb.weight[1:].T
 
-    def loss(self, batch: Batch, negatives=None, **_ignored) -> torch.Tensor:
+    def loss(self, batch: Batch, negatives: torch.Tensor | None = None,
+             loss: str = "sampled-softmax", neg_logq: torch.Tensor | None = None
+             ) -> torch.Tensor:
+        """Its own softmax over the catalogue at every position: sampled negatives and
+        the loss kind are not used."""
         return self.loss_from_states(self.states(batch.hist_item), batch)
 
     def loss_from_states(self, h: torch.Tensor, batch: Batch) -> torch.Tensor:
