@@ -125,10 +125,10 @@ def test_frozen_catalogue_gives_the_same_scores_and_is_dropped_for_training():
     cands = torch.arange(1, ds.n_items + 1)
     plain = model.score(batch, cands)
     model.freeze_catalog()
-    assert model._frozen is not None
+    assert model.catalog_cache is not None
     torch.testing.assert_close(model.score(batch, cands), plain, rtol=1e-5, atol=1e-6)
     model.train()
-    assert model._frozen is None
+    assert model.catalog_cache is None
 
 
 def test_untrained_bst_ranks_as_its_wide_part_and_learns_from_there():

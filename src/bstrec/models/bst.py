@@ -68,6 +68,51 @@ class UserSide:
     states: torch.Tensor | None  # (B, L, D) the SASRec tower's states, if any
 
 
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allow: torch.Tensor,
+           self_k: torch.Tensor | None = None, self_v: torch.Tensor | None = None):
+    """Scaled dot-product attention, the one implementation every path uses.
+
+    q (..., H, Q, dh), already divided by sqrt(dh); k, v (..., H, K, dh); ``allow``
+    broadcasts to (..., H, Q, K), True = may attend. ``self_k``/``self_v`` (..., H, Q,
+    dh): one more key and value per query, its own (a candidate attending to itself
+    beside the history), joined to the softmax without concatenating it to k and v, so
+    the cached path never copies its largest tensor. Returns the output (..., H, Q, dh),
+    the weights over k (..., H, Q, K), and per query the log-sum-exp of its logits over
+    k alone (-inf where it may attend to none of them).
+    """
+    s = (q @ k.transpose(-1, -2)).masked_fill(~allow, float("-inf"))  # (..., H, Q, K)
+    m = s.amax(-1, keepdim=True)  # (..., H, Q, 1)
+    s_self = None
+    if self_k is not None:
+        s_self = (q * self_k).sum(-1, keepdim=True)  # (..., H, Q, 1)
+        m = torch.maximum(m, s_self)
+    e = (s - m).exp()
+    sum_k = e.sum(-1, keepdim=True)
+    z = sum_k if s_self is None else sum_k + (s_self - m).exp()
+    out = e @ v
+    if s_self is not None:
+        out = out + (s_self - m).exp() * self_v
+    lse = (m + sum_k.clamp_min(1e-30).log()).squeeze(-1)
+    return out / z, e / z, torch.where(sum_k.squeeze(-1) > 0, lse, float("-inf"))
+
+
+@dataclass
+class CatalogCache:
+    """The candidate side of every movie, for inference (``BST.freeze_catalog``): its
+    token and first-block query (already scaled), key and value. Only valid for the
+    weights it was computed from: training or loading weights drops it."""
+
+    tokens: torch.Tensor  # (C, D)
+    q: torch.Tensor  # (1, H, C, dh)
+    k: torch.Tensor
+    v: torch.Tensor
+
+    def part(self, start: int, end: int) -> CatalogCache:
+        """Movies start..end-1 (a chunk of score_all)."""
+        return CatalogCache(self.tokens[start:end], self.q[:, :, start:end],
+                            self.k[:, :, start:end], self.v[:, :, start:end])
+
+
 class Block(nn.Module):
     """Post-LN transformer block as in the paper: LN(S + MH(S)), LN(S' + FFN(S'))."""
 
@@ -107,11 +152,9 @@ class Block(nn.Module):
         """
         q, k, v = self.qkv(x).chunk(3, dim=-1)
         q, k, v = self.split(q), self.split(k), self.split(v)  # (B, H, T, dh)
-        att = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])  # (B, H, T, T)
         mask = key_mask[:, None, None, :] if key_mask.dim() == 2 else key_mask[:, None]
-        att = att.masked_fill(~mask, float("-inf")).softmax(-1)
-        out = self.merge(att @ v)  # (B, T, D)
-        return self.finish(x, out), att
+        out, att, _ = attend(q / math.sqrt(q.shape[-1]), k, v, mask)  # (B, H, T, dh)
+        return self.finish(x, self.merge(out)), att
 
 
 class BST(Recommender):
@@ -295,9 +338,8 @@ class BST(Recommender):
             item = self.item_bias[candidates]
         return self.mean_rating + user[:, None] + item
 
-    # ------------------------------------------------------------------ scoring
     # ------------------------------------------------------------------ inference cache
-    _frozen: tuple | None = None
+    catalog_cache: CatalogCache | None = None  # set by freeze_catalog, dropped by train()
     score_chunk: int = 8192  # catalogue chunk of score_all (see there)
 
     def freeze_catalog(self) -> None:
@@ -313,25 +355,25 @@ class BST(Recommender):
             t0 = self.target_tokens(tokens)  # (C, D)
             blk = self.blocks[0]
             q, k, v = (blk.split(z) for z in blk.qkv(t0[None]).chunk(3, -1))  # (1, H, C, dh)
-            self._frozen = (t0, (q / math.sqrt(q.shape[-1]), k, v))
+            self.catalog_cache = CatalogCache(t0, q / math.sqrt(q.shape[-1]), k, v)
 
     def score_all(self, batch: Batch) -> torch.Tensor:
         """(B, n_items), a chunk of the catalogue at a time: the head's activations are
         (B, C, width) per chunk, so memory stays bounded on catalogues of 87K movies."""
-        if self._frozen is None or self.training or self.cfg.output != "target":
+        cache = self.catalog_cache
+        if cache is None or self.training or self.cfg.output != "target":
             return super().score_all(batch)
         tokens = torch.arange(1, self.n_items + 1, device=batch.user.device)
         if self.n_items <= self.score_chunk:
-            return self.score_cached(batch, tokens, frozen=self._frozen)[0]
+            return self.score_cached(batch, tokens, frozen=cache)[0]
         side = self.user_side(batch)
         # the cheap terms for every movie at once (one scatter, one matmul), then sliced
         wide = self.wide_feature(batch, None)
         dot = self.dot_term(side, None) if self.tower is not None else None
-        t0, (q, k, v) = self._frozen
         out = []
         for s in range(0, self.n_items, self.score_chunk):
             e = min(s + self.score_chunk, self.n_items)
-            part = (t0[s:e], (q[:, :, s:e], k[:, :, s:e], v[:, :, s:e]))
+            part = cache.part(s, e)
             cheap = (None if wide is None else wide[:, s:e], None if dot is None else dot[:, s:e])
             out.append(self.score_cached(batch, tokens[s:e], frozen=part, side=side,
                                          cheap=cheap)[0])
@@ -357,11 +399,11 @@ class BST(Recommender):
 
     def train(self, mode: bool = True):
         if mode:
-            self._frozen = None
+            self.catalog_cache = None
         return super().train(mode)
 
     def load_state_dict(self, *args, **kwargs):
-        self._frozen = None
+        self.catalog_cache = None
         return super().load_state_dict(*args, **kwargs)
 
     def score(self, batch: Batch, candidates: torch.Tensor,
@@ -390,7 +432,7 @@ class BST(Recommender):
         return self.mlp_user(u) if self.mlp_user is not None else None  # (B, H1)
 
     def score_cached(self, batch: Batch, candidates: torch.Tensor, want_attention=False,
-                     frozen: tuple | None = None, own: torch.Tensor | None = None,
+                     frozen: CatalogCache | None = None, own: torch.Tensor | None = None,
                      side: UserSide | None = None, cheap: tuple | None = None):
         """Target-position output with history keys/values computed once per user.
 
@@ -401,34 +443,25 @@ class BST(Recommender):
         b = batch.hist_item.shape[0]
         side = side or self.user_side(batch)
         layers, mask = side.layers, side.mask
-        t0 = frozen[0] if frozen else self.target_tokens(candidates)  # (C, D) or (B, C, D)
+        t0 = frozen.tokens if frozen else self.target_tokens(candidates)  # (C|B,C, D)
         t = t0[None] if candidates.dim() == 1 else t0  # (1|B, C, D)
         att_first = None
         has_hist = mask.any(1)[:, None, None]  # (B, 1, 1)
         for i, (blk, (_h, k_h, v_h)) in enumerate(zip(self.blocks, layers, strict=True)):
             if i == 0 and frozen:
-                q_t, k_t, v_t = frozen[1]
+                q_t, k_t, v_t = frozen.q, frozen.k, frozen.v
             else:
                 q_t, k_t, v_t = (blk.split(z) for z in blk.qkv(t).chunk(3, -1))  # (1|B, H, C, dh)
                 q_t = q_t / math.sqrt(q_t.shape[-1])
-            s_h = q_t @ k_h.transpose(-1, -2)  # (B, H, C, L)
-            s_h = s_h.masked_fill(~mask[:, None, None, :], float("-inf"))
-            s_t = (q_t * k_t).sum(-1, keepdim=True)  # (1|B, H, C, 1)
-            # softmax over [history, candidate] without concatenating the two: saves a
-            # copy of the largest tensor, and the history's log-sum-exp comes for free
-            m = torch.maximum(s_h.amax(-1, keepdim=True), s_t)  # (B, H, C, 1)
-            e_h = (s_h - m).exp()  # (B, H, C, L)
-            e_t = (s_t - m).exp()  # (B, H, C, 1)
-            sum_h = e_h.sum(-1, keepdim=True)
-            z = sum_h + e_t
+            out, weights, lse = attend(q_t, k_h, v_h, mask[:, None, None, :], k_t, v_t)
             if i == 0 and want_attention:
-                att_first = (e_h / z).mean(1)  # (B, C, L)
-            out = (e_h @ v_h + e_t * v_t) / z  # (B, H, C, dh)
+                att_first = weights.mean(1)  # (B, C, L)
             attn_out = blk.merge(out)  # (B, C, D)
             t = blk.finish(t.expand(b, -1, -1), attn_out)
         aff = None
         if self.cfg.interaction_features:
-            lse = (m + sum_h.clamp_min(1e-30).log()).squeeze(-1)  # (B, H, C)
+            # per head, the log-sum-exp of the candidate's logits over the history: how
+            # strongly it matches some watch, before the softmax normalises that away
             aff = torch.where(has_hist, lse, 0.0).permute(0, 2, 1)  # (B, C, H)
             attn_out = attn_out * t0
         # score_all: one scatter per row instead of a lookup per candidate
@@ -519,9 +552,15 @@ class BST(Recommender):
         prod = aff = None
         if self.cfg.interaction_features:
             # the attention output at the target position, before residual and norms
-            out, logits = self._target_attention(self.blocks[-1], attn_in, allow)
-            aff = self._affinity(logits.view(b, c, -1, n).permute(0, 2, 1, 3))
-            prod = out.view(b, c, -1) * t0
+            # the last block's attention row of the candidate, as the cached path reads it
+            blk = self.blocks[-1]
+            q, k, v = (blk.split(z) for z in blk.qkv(attn_in).chunk(3, -1))  # (N, H, T, dh)
+            q = q[:, :, -1:] / math.sqrt(q.shape[-1])
+            out, _, lse = attend(q, k[:, :, :-1], v[:, :, :-1], allow[:, None, -1:, :-1],
+                                 k[:, :, -1:], v[:, :, -1:])  # (N, H, 1, dh), (N, H, 1)
+            has = allow[:, -1, :-1].any(-1).view(b, c, 1)
+            aff = torch.where(has, lse.view(b, c, -1), 0.0)  # (B, C, H)
+            prod = blk.merge(out).view(b, c, -1) * t0
         wide = self.wide_feature(batch, candidates, own)
         scores = self.head(seq_out, prod, aff, self._user_part(batch), wide)
         if self.tower is not None:
@@ -529,29 +568,6 @@ class BST(Recommender):
         if self.task == "rating":
             scores = scores + self.rating_base(batch, candidates)
         return scores, att_first
-
-    @staticmethod
-    def _affinity(logits: torch.Tensor) -> torch.Tensor:
-        """Per head, how strongly the candidate's query matches the history keys.
-
-        logits (B, H, C, L + 1), history first, the candidate itself last. Softmax
-        normalises this strength away from the attention output; a log-sum-exp over the
-        history hands it to the MLP directly (a soft "most similar watch" score).
-        Empty histories get 0.
-        """
-        hist = logits[..., :-1]
-        has = torch.isfinite(hist).any(-1)
-        lse = torch.logsumexp(hist, -1)  # (B, H, C)
-        return torch.where(has, lse, 0.0).permute(0, 2, 1)  # (B, C, H)
-
-    @staticmethod
-    def _target_attention(blk: Block, x: torch.Tensor, allow: torch.Tensor):
-        q, k, v = blk.qkv(x).chunk(3, dim=-1)
-        q, k, v = blk.split(q), blk.split(k), blk.split(v)
-        logits = (q[:, :, -1:] @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])  # (N, H, 1, T)
-        logits = logits.masked_fill(~allow[:, None, -1:, :], float("-inf"))
-        att = logits.softmax(-1)
-        return blk.merge(att @ v)[:, -1], logits  # (N, D), (N, H, 1, T)
 
     # ------------------------------------------------------------------ training
     def full_softmax_loss(self, batch: Batch, side: UserSide,
