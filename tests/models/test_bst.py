@@ -214,3 +214,25 @@ def test_big_catalogues_train_the_softmaxes_on_a_shared_sample(monkeypatch):
     assert torch.isfinite(sampled) and sampled < full  # fewer competitors, smaller loss
     sampled.backward()
     assert model.tower.item_emb.weight.grad.abs().sum() > 0
+
+
+def test_explanations_follow_the_candidate():
+    model, batch, ds = _with_fitted_wide()
+    cands = torch.arange(1, ds.n_items + 1)
+    per = batch.hist_item.shape[0], ds.n_items
+    contrib = model.wide.contributions(batch.hist_item, cands[None].expand(*per))
+    # the per-watch shares add up to the count the wide part scores with
+    torch.testing.assert_close(contrib.sum(-1), model.wide.raw(batch.hist_item,
+                                                               cands[None].expand(*per)))
+    weights = model.explain(batch, cands)  # (B, C, L)
+    with_pairs = contrib.sum(-1) > 0
+    assert with_pairs.any() and (~with_pairs).any(), "test needs both kinds of candidate"
+    top = weights.argmax(-1)  # (B, C) the first reason of each candidate
+    # where the candidate co-occurs with the history, its first reason is a watch it
+    # co-occurs with; different candidates of one user get different first reasons
+    assert (contrib.gather(2, top[..., None])[..., 0] > 0)[with_pairs].all()
+    firsts = [set(top[b][with_pairs[b]].tolist()) for b in range(len(batch))]
+    assert max(len(f) for f in firsts) > 1
+    # without pair evidence the candidate's own attention row speaks
+    _, att = model._score(batch, cands, want_attention=True)
+    torch.testing.assert_close(weights[~with_pairs], att[~with_pairs])

@@ -412,8 +412,19 @@ class BST(Recommender):
         return scores
 
     def explain(self, batch: Batch, candidates: torch.Tensor) -> torch.Tensor:
+        """(B, C, L) per candidate, how much each watch drove it: its share of the
+        candidate's co-occurrence count (the pairs the watch formed with that very movie
+        in the training data) where the candidate has any, else the candidate's own
+        attention row. Attention alone hardly depends on the candidate: one user's ten
+        picks all cited the same three films (issue 9)."""
         _, att = self._score(batch, candidates, want_attention=True)
-        return att
+        if self.wide is None:
+            return att
+        cands = candidates if candidates.dim() == 2 else candidates[None].expand(
+            batch.hist_item.shape[0], -1)
+        pairs = self.wide.contributions(batch.hist_item, cands)  # (B, C, L)
+        total = pairs.sum(-1, keepdim=True)
+        return torch.where(total > 0, pairs / total.clamp_min(1e-12), att)
 
     def _score(self, batch: Batch, candidates: torch.Tensor, want_attention: bool, own=None,
                side: UserSide | None = None):

@@ -113,6 +113,16 @@ class CooccurrenceScorer(nn.Module):
     def _weights(self, hist_item: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return recent(hist_item, self.p.last_n, self.p.decay)
 
+    def contributions(self, hist_item: torch.Tensor, cands: torch.Tensor) -> torch.Tensor:
+        """What each history position adds to each candidate's raw count: (B, C, L),
+        zero outside the last ``last_n`` watches. ``cands`` (B, C) item tokens."""
+        last, w = self._weights(hist_item)  # (B, n) newest first
+        per = self.counts.lookup(last, cands) * w[:, :, None]  # (B, n, C)
+        b, seq_len = hist_item.shape
+        out = per.new_zeros(b, seq_len, cands.shape[1])
+        out[:, seq_len - per.shape[1]:] = per.flip(1)  # back to history order
+        return out.transpose(1, 2)
+
     def self_count(self, hist_item: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """(B,) weight that a training target's own pairs added to its score.
 

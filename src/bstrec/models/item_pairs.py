@@ -79,18 +79,22 @@ class ItemPairs(nn.Module):
             self._dense = d.view(self.size, self.size)
         return self._dense
 
+    def lookup(self, last: torch.Tensor, cands: torch.Tensor) -> torch.Tensor:
+        """M[last_j, c] for history tokens ``last`` (B, n), candidates (B, C): (B, n, C)."""
+        dense = self.dense()
+        if dense is not None:
+            return dense[last[:, :, None], cands[:, None, :]]
+        if len(self.keys) == 0:
+            return torch.zeros(last.shape[0], last.shape[1], cands.shape[1],
+                               device=cands.device)
+        q = last[:, :, None] * self.size + cands[:, None, :]  # (B, n, C)
+        idx = torch.searchsorted(self.keys, q).clamp(max=len(self.keys) - 1)
+        return torch.where(self.keys[idx] == q, self.values[idx], 0.0)
+
     def weighted(self, last: torch.Tensor, w: torch.Tensor, cands: torch.Tensor
                  ) -> torch.Tensor:
         """sum_j w_j * M[last_j, c] for candidates ``cands`` (B, C): (B, C)."""
-        dense = self.dense()
-        if dense is not None:
-            return (dense[last[:, :, None], cands[:, None, :]] * w[:, :, None]).sum(1)
-        if len(self.keys) == 0:
-            return torch.zeros(cands.shape, device=cands.device)
-        q = last[:, :, None] * self.size + cands[:, None, :]  # (B, n, C)
-        idx = torch.searchsorted(self.keys, q).clamp(max=len(self.keys) - 1)
-        vals = torch.where(self.keys[idx] == q, self.values[idx], 0.0)  # (B, n, C)
-        return (vals * w[:, :, None]).sum(1)
+        return (self.lookup(last, cands) * w[:, :, None]).sum(1)
 
     def weighted_rows(self, last: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """sum_j w_j * M[last_j, :] for every token 0..n_items: (B, size)."""
