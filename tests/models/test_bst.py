@@ -45,8 +45,9 @@ def test_score_of_an_example_ignores_the_rest_of_its_batch(output):
     torch.testing.assert_close(model.score(other, cands)[0], full[0], rtol=1e-5, atol=1e-5)
 
 
-def test_padding_content_does_not_change_scores():
-    model, batch, ds = make()
+@pytest.mark.parametrize("output", ["target", "concat"])
+def test_padding_content_does_not_change_scores(output):
+    model, batch, ds = make(output=output)
     assert (~batch.hist_mask).any(), "test needs a padded history"
     cands = torch.arange(1, ds.n_items + 1)
     before = model.score(batch, cands)
@@ -59,15 +60,24 @@ def test_padding_content_does_not_change_scores():
     torch.testing.assert_close(model.score(noisy, cands), before, rtol=1e-5, atol=1e-5)
 
 
-def test_attention_would_notice_a_batch_first_mixup():
-    """Guard the guard: a (B, L, D) tensor fed to seq-first attention mixes users."""
-    mha = torch.nn.MultiheadAttention(8, 2, batch_first=False)
-    x = torch.randn(3, 5, 8)  # (B, L, D) read as (L, B, D)
-    out1, _ = mha(x, x, x)
-    x2 = x.clone()
-    x2[1] = torch.randn(5, 8)  # change example 1 only
-    out2, _ = mha(x2, x2, x2)
-    assert not torch.allclose(out1[0], out2[0]), "the faulty pattern should mix examples"
+@pytest.mark.parametrize("output", ["target", "concat"])
+def test_the_batch_check_catches_attention_that_mixes_users(monkeypatch, output):
+    """Guard the guard: plant the reference notebook's fault in bstrec's own attention
+    (keys and values read across the batch axis, as batch_first=False does on
+    (B, L, D) tensors) and the batch-independence check above must fail."""
+    import bstrec.models.bst as bst_module
+
+    model, batch, ds = make(output=output)
+    cands = torch.arange(1, ds.n_items + 1)
+    real = bst_module.attend
+
+    def mixed(q, k, v, allow, self_k=None, self_v=None):
+        return real(q, k.roll(1, 0), v.roll(1, 0), allow, self_k, self_v)
+
+    monkeypatch.setattr(bst_module, "attend", mixed)
+    full = model.score(batch, cands)
+    alone = model.score(batch.index(slice(0, 1)), cands)
+    assert not torch.allclose(alone[0], full[0], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("task", ["ranking", "rating"])
@@ -97,6 +107,9 @@ def test_explanations_are_distributions_over_real_history():
     assert att.shape == (len(batch), 3, batch.hist_item.shape[1])
     assert (att[~batch.hist_mask[:, None, :].expand_as(att)] == 0).all()
     assert (att.sum(-1) <= 1 + 1e-5).all()
+    # every candidate of a user with a history gets weight on some watch
+    has_history = batch.hist_mask.any(1)
+    assert has_history.any() and (att.sum(-1)[has_history] > 1e-3).all()
 
 
 def test_training_reduces_loss_on_a_learnable_chain():

@@ -559,7 +559,10 @@ class BST(Recommender):
                 att_first = att[:, :, -1, :-1].mean(1).view(b, c, seq_len)
         concat = self.cfg.output == "concat"
         # (B, C, (L+1) D) for concat, (B, C, D) for the target position
-        seq_out = x.reshape(b, c, -1) if concat else x[:, -1].view(b, c, -1)
+        # padded positions attend only to themselves: their outputs carry whatever the
+        # padding held, so the concatenation reads zeros there instead
+        seq_out = ((x * real[:, :, None]).reshape(b, c, -1) if concat
+                   else x[:, -1].view(b, c, -1))
         prod = aff = None
         if self.cfg.interaction_features:
             # the attention output at the target position, before residual and norms
