@@ -254,12 +254,14 @@ def test_an_internal_error_is_a_generic_500(recommender, monkeypatch, caplog):
     def boom(*_a, **_k):
         raise RuntimeError("secret internals /home/x/model.py line 1")
 
-    monkeypatch.setattr(svc.rec, "for_user", boom)
+    # the model fails on its own thread; the request that waits for it answers 500
+    monkeypatch.setattr(svc.rec, "rank", boom)
     with TestClient(app, raise_server_exceptions=False) as c:
-        r = c.get(f"/users/{KNOWN_USER}/recommendations")
-    assert r.status_code == 500
-    assert r.json() == {"detail": "internal server error", "field": None}
-    assert "secret" not in r.text
+        for r in (c.post("/recommendations", json={"history": [10, 11]}),
+                  c.get(f"/users/{KNOWN_USER}/recommendations", params={"now": "2030-01-01"})):
+            assert r.status_code == 500
+            assert r.json() == {"detail": "internal server error", "field": None}
+            assert "secret" not in r.text
     assert "secret internals" in caplog.text, "the cause is logged on the server"
 
 
