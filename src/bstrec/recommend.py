@@ -215,15 +215,15 @@ class Recommender:
     def rank(self, queries: list[Query]) -> list[Ranked]:
         """Score, rank and explain queries: the one place the model runs.
 
-        Each query is scored in a forward pass of its own. Stacking the rows into one
-        pass saves nothing here and breaks exactness: a BST row is already a
-        (catalogue x dim) matrix product, so per row the work is the same, and larger
-        batches spill out of the CPU cache (benchmarks/batch_forward.py: 8 rows
-        together took as long as 8 alone, 16 took 1.5x as long); and BLAS picks other
-        kernels for other shapes (matrix-vector for one row, tails of blocked loops),
-        which moved a row's scores by an ulp or two with its batch-mates. Row by row,
-        a query's answer is the same bits whatever else is queued with it. A kept
-        query's answer is remembered for ``cached``.
+        Each query is scored in a forward pass of its own. Stacking rows into one pass
+        was measured (benchmarks/batch_forward.py, default BST on ml-1m-u2999, one
+        torch thread): 2 to 4 rows saved up to 10% per row, 8 or 16 rows cost 1.5x as
+        much as one at a time (a BST row is already a catalogue-by-dim matrix product;
+        bigger batches spill out of the CPU cache). And it breaks exactness: BLAS picks
+        other kernels for other shapes (matrix-vector for one row, tails of blocked
+        loops), which moved a row's scores by an ulp or two with its batch-mates.
+        Row by row, a query's answer is the same bits whatever else is queued with
+        it. A kept query's answer is remembered for ``cached``.
         """
         out = []
         for q in queries:
