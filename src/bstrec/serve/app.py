@@ -7,15 +7,18 @@ never an internal index. Errors are JSON ``{"detail", "field", "ids"?}``:
 A 500 is a bug: it is logged here with its traceback, and the client gets a generic
 message, never the traceback.
 
-Only the model threads (serve/worker.py) run the model, one query each at a time:
-request threads (FastAPI runs the plain ``def`` endpoints below in its thread pool)
-check the request, queue its query, wait for the answer and render it. A known user's
-answer is computed once and kept (the top ``keep_top``); ``bstrec serve`` ranks every
-known user in the background from the start, while it already answers requests.
+Only the model threads (serve/worker.py) run the model, one query each at a time. The
+recommendation endpoints are ``async``: on the event loop they check the request,
+queue its query and await its answer (no thread waits for the model), then render it
+(a fraction of a millisecond). The other endpoints are plain ``def`` lookups, run in
+FastAPI's thread pool. A known user's answer is computed once and kept (the top
+``keep_top``); ``bstrec serve`` ranks every known user in the background from the
+start, while it already answers requests.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import unicodedata
@@ -35,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bstrec.data.interactions import DataError
-from bstrec.recommend import Recommender, UnknownIdError, plain_id
+from bstrec.recommend import Ranked, Recommender, UnknownIdError, plain_id
 from bstrec.serve.labels import choices, feature_label
 from bstrec.serve.worker import ModelWorkers, WorkerSettings
 
@@ -286,7 +289,8 @@ class Service:
             "history": history,
         }
 
-    def for_user(self, raw: str, k: int, timing=None, now: datetime | None = None) -> dict:
+    async def for_user(self, raw: str, k: int, timing=None,
+                       now: datetime | None = None) -> dict:
         u = self._user_index(raw)
         # a known user's answer is kept once computed (in the background from the start,
         # or by an earlier request): no turn at the model then
@@ -300,12 +304,12 @@ class Service:
             except DataError as e:
                 raise ApiError(422, str(e), "now") from None
             job = self.workers.submit(query)
-            ranked = job.result(ANSWER_TIMEOUT_S)
+            ranked = await _answer(job)
             if timing is not None:
                 timing(job.server_timing())
         return self.rec.answer_user(u, ranked, k).to_dict()
 
-    def for_history(self, req: HistoryRequest, timing=None) -> dict:
+    async def for_history(self, req: HistoryRequest, timing=None) -> dict:
         missing = [m for m in req.history if str(m) not in self.rec.item_pos]
         if missing:
             missing = list(dict.fromkeys(missing))
@@ -327,7 +331,7 @@ class Service:
         except DataError as e:
             raise ApiError(422, str(e), "user") from None
         job = self.workers.submit(query)
-        ranked = job.result(ANSWER_TIMEOUT_S)
+        ranked = await _answer(job)
         if timing is not None:
             timing(job.server_timing())
         return self.rec.answer_history(query, ranked, req.k).to_dict()
@@ -465,7 +469,7 @@ def create_app(source: str | Path | Recommender, settings: WorkerSettings = Work
         responses=NOT_FOUND,
         tags=["recommendations"],
     )
-    def recommend_for_user(
+    async def recommend_for_user(
         response: Response,
         user_id: str = PathParam(max_length=64),
         k: int = Query(10, ge=1, le=MAX_K),
@@ -480,7 +484,7 @@ def create_app(source: str | Path | Recommender, settings: WorkerSettings = Work
 
         The Server-Timing header says how long the request waited for the model and
         how long the model took (ms); both 0 for an answer already kept."""
-        return svc.for_user(user_id, k, _timing_header(response), now)
+        return await svc.for_user(user_id, k, _timing_header(response), now)
 
     @app.post(
         "/recommendations",
@@ -488,11 +492,11 @@ def create_app(source: str | Path | Recommender, settings: WorkerSettings = Work
         responses=ERRORS,
         tags=["recommendations"],
     )
-    def recommend_for_history(req: HistoryRequest, response: Response) -> dict:
+    async def recommend_for_history(req: HistoryRequest, response: Response) -> dict:
         """Top-k for anyone, from a list of watched movies (newest last).
 
         Server-Timing as for a known user."""
-        return svc.for_history(req, _timing_header(response))
+        return await svc.for_history(req, _timing_header(response))
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
@@ -586,6 +590,11 @@ def _plain(v):
 
 def _iso(ts: int) -> str:
     return datetime.fromtimestamp(ts, tz=UTC).isoformat()
+
+
+async def _answer(job) -> Ranked:
+    """Wait for a model thread's answer without holding a thread of our own."""
+    return await asyncio.wait_for(asyncio.wrap_future(job.future), ANSWER_TIMEOUT_S)
 
 
 def _seconds(when: datetime | None) -> int | None:
