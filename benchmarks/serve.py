@@ -18,7 +18,7 @@ Prints JSON lines: one per phase with p50/p90/p99/max latency in ms, requests pe
 second, the server's queue and model time, and the error count; then one line per
 target of issue 11 with its figure, and a summary.
 
-    python benchmarks/serve.py RUN_DIR [--clients 8] [--requests 400] [--model-threads 1]
+    python benchmarks/serve.py RUN_DIR [--clients 8] [--requests 400] [--model-threads 2]
 
 The clients run in this process, on the same cores as the server: on a 2-core machine
 their CPU time is part of the cost measured.
@@ -225,7 +225,8 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=400, help="per kind, concurrent phase")
     ap.add_argument("--single", type=int, default=100, help="per kind, 1-client phase")
     ap.add_argument("--threads", type=int, default=1, help="server's torch threads")
-    ap.add_argument("--model-threads", type=int, default=1, help="server's model threads")
+    ap.add_argument("--model-threads", type=int, default=2,
+                    help="server's model threads (its default)")
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
