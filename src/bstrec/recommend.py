@@ -108,9 +108,11 @@ class Ranked:
 class Recommender:
     """Loaded once, answers many requests.
 
-    Not thread-safe for model calls: ``rank`` (and everything that calls it) must run
-    on one thread at a time; serving gives the model a thread of its own. Lookups,
-    ``*_query``, ``cached`` and ``answer_*`` never touch the model.
+    ``rank`` only reads the model (in eval mode, its inference cache built here) and
+    each call scores its own queries, so several threads may call it at once with the
+    same answers as one at a time (tests/serve/test_concurrency.py); serving confines
+    it to its model threads (serve/worker.py). Lookups, ``*_query``, ``cached`` and
+    ``answer_*`` never touch the model.
     """
 
     def __init__(self, run: LoadedRun, explain_top: int = 3, keep_top: int = KEEP_TOP):
