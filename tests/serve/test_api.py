@@ -277,6 +277,19 @@ def test_serve_command_is_registered_and_binds_loopback_by_default():
     assert not _is_loopback("0.0.0.0") and not _is_loopback("example.org")
 
 
+def test_serve_command_defaults_match_the_library():
+    """`--keep-top` repeats recommend.KEEP_TOP as a literal (importing it would load
+    torch for every command); the two must not drift apart."""
+    import inspect
+
+    from bstrec.commands.serve import serve
+    from bstrec.recommend import KEEP_TOP
+
+    params = inspect.signature(serve).parameters
+    assert params["keep_top"].default.default == KEEP_TOP
+    assert params["model_threads"].default.default == 2
+
+
 def test_serve_command_fails_cleanly_without_a_run(tmp_path):
     from typer.testing import CliRunner
 
