@@ -81,7 +81,7 @@ class ModelWorkers:
         self.rec = rec
         self.settings = settings
         self.say = say or log.info
-        self.requests: queue.Queue[Job] = queue.Queue()
+        self.requests: queue.Queue[Job | None] = queue.Queue()
         self.max_waiting = 0  # the longest queue seen (tests/serve/test_concurrency.py)
         self._plan_lock = threading.Lock()
         self._plan: Iterator[int] | None = None
@@ -112,6 +112,8 @@ class ModelWorkers:
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
+        for _ in self._threads:
+            self.requests.put(None)  # wakes a thread waiting for work: it sees the stop
         for t in self._threads:
             t.join(timeout)
         self._threads = []
@@ -143,7 +145,8 @@ class ModelWorkers:
                     job = self.requests.get(timeout=POLL_S)
                 except queue.Empty:
                     continue
-            self._serve(job)
+            if job is not None:  # None: stop() woke this thread
+                self._serve(job)
 
     def _serve(self, job: Job) -> None:
         job.started = time.perf_counter()
