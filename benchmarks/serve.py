@@ -19,7 +19,7 @@ per second, the server's queue and model time, and the error count (each N-clien
 phase runs --repeat times, then a line with the medians); then one line per target of
 issue 11 with its figure, and a summary.
 
-    python benchmarks/serve.py RUN_DIR [--clients 8] [--requests 400] [--model-threads 2]
+    python benchmarks/serve.py RUN_DIR [--clients 8] [--requests 400] [--model-threads 1]
 
 The clients run in this process, on the same cores as the server: on a 2-core machine
 their CPU time is part of the cost measured.
@@ -226,7 +226,7 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=400, help="per kind, concurrent phase")
     ap.add_argument("--single", type=int, default=100, help="per kind, 1-client phase")
     ap.add_argument("--threads", type=int, default=1, help="server's torch threads")
-    ap.add_argument("--model-threads", type=int, default=2,
+    ap.add_argument("--model-threads", type=int, default=1,
                     help="server's model threads (its default)")
     ap.add_argument("--repeat", type=int, default=3,
                     help="runs of each N-client phase; targets are judged on the median "

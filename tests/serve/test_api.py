@@ -284,10 +284,11 @@ def test_serve_command_defaults_match_the_library():
 
     from bstrec.commands.serve import serve
     from bstrec.recommend import KEEP_TOP
+    from bstrec.serve.worker import WorkerSettings
 
     params = inspect.signature(serve).parameters
     assert params["keep_top"].default.default == KEEP_TOP
-    assert params["model_threads"].default.default == 2
+    assert params["model_threads"].default.default == WorkerSettings().threads
 
 
 def test_serve_command_fails_cleanly_without_a_run(tmp_path):

@@ -30,12 +30,12 @@ def serve(
         help="torch threads per forward pass (1 suits a small machine)",
     ),
     model_threads: int = typer.Option(
-        2,
+        1,
         "--model-threads",
         min=1,
         max=64,
-        help="threads that run the model, each on its own request; 2 measured better than "
-        "1 on a 2-core machine (README, Serving)",
+        help="threads that run the model, each on its own request; more can help where "
+        "cores are idle (on the busy 2-core machine 2 measured no better: README, Serving)",
     ),
     keep_top: int = typer.Option(
         50,  # recommend.KEEP_TOP, not imported: that would load torch for every command

@@ -35,7 +35,7 @@ POLL_S = 0.5  # how often an idle model thread looks up from its queue to see a 
 
 @dataclass(frozen=True)
 class WorkerSettings:
-    threads: int = 1  # model threads, each scoring its own queries (`bstrec serve`: 2)
+    threads: int = 1  # model threads, each scoring its own queries
     torch_threads: int = 1  # torch's intra-op threads (process-wide)
     precompute: bool = False  # rank every known user in the background from the start
 
