@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import sys
 import time
@@ -84,6 +85,11 @@ def serve(
         settings = WorkerSettings(threads=model_threads, torch_threads=threads,
                                   precompute=precompute)
         app = create_app(rec, settings, say=say)
+    # Everything loaded so far lives as long as the server: torch, pydantic and FastAPI
+    # internals, the run. A full garbage collection walks all of it (about 200,000
+    # objects, 110 ms), and it stopped every request in flight for as long: a p99 of
+    # 135 ms for answers that take 10. Frozen, the collector leaves it alone.
+    gc.freeze()
     if not _is_loopback(host):
         typer.echo(
             f"warning: binding {host}: the API is reachable from other machines, "
