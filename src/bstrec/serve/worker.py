@@ -1,18 +1,19 @@
 """The model's own threads: requests queue for them, known users are ranked when idle.
 
-Only these threads call the model (``Recommender.rank``); request threads build their
-query, wait for its answer and turn it into JSON, so the Python work of a request
-(validation, lookups, rendering) runs beside the model instead of holding it up.
+Only these threads call the model (``Recommender.rank``); the app builds a request's
+query, awaits its answer and turns it into JSON (serve/app.py), so the Python work of
+a request (validation, lookups, rendering) runs beside the model, not inside its turn.
 
 - **Requests first.** A request goes to a queue; a free model thread takes the oldest.
   The start-up precompute of known users runs one user per turn, only when the queue
-  is empty, so a request waits for at most one user's ranking (about 10 ms for the
+  is empty, so a request waits for at most one user's ranking (about 15 ms for the
   default model on ml-1m-u2999) before the model is its own.
 - **One query per turn, scored alone.** Stacking concurrent queries into one forward
-  pass was measured and rejected: it saved no time and changed a row's scores in the
-  last bits with its batch-mates (``Recommender.rank`` says why). So answers under load
-  are exactly the answers one at a time, and several model threads (``threads``) can
-  use several cores: each runs torch with one intra-op thread, on its own queries.
+  pass was measured and rejected: it saved at most a tenth of the time, cost more from
+  8 rows on, and changed a row's scores in the last bits with its batch-mates
+  (``Recommender.rank`` says why). So answers under load are exactly the answers one
+  at a time, and several model threads (``threads``) may use several cores: each runs
+  torch with one intra-op thread, on its own queries.
 - **Progress in the log**, at every tenth of the precompute and at its end.
 """
 
@@ -26,7 +27,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-from bstrec.recommend import Query, Ranked, Recommender
+from bstrec.recommend import Query, Recommender
 
 log = logging.getLogger("bstrec.serve")
 
@@ -50,13 +51,10 @@ class Job:
     """One request's query, its answer to come, and when it was queued and served."""
 
     query: Query
-    future: Future = field(default_factory=Future)
+    future: Future = field(default_factory=Future)  # -> Ranked
     queued: float = field(default_factory=time.perf_counter)
     started: float = 0.0
     finished: float = 0.0
-
-    def result(self, timeout: float | None = None) -> Ranked:
-        return self.future.result(timeout)
 
     def server_timing(self) -> str:
         """The Server-Timing value: waiting for a model thread, and in it (ms)."""
@@ -120,7 +118,7 @@ class ModelWorkers:
 
     # ---------------------------------------------------------------- requests
     def submit(self, query: Query) -> Job:
-        """Queue a query; ``job.result()`` waits for its answer (or its error)."""
+        """Queue a query; ``job.future`` gets its answer (a Ranked) or its error."""
         if not self._threads:
             raise RuntimeError("the model threads are not running (ModelWorkers.start)")
         job = Job(query)
