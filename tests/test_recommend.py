@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -100,13 +101,62 @@ def test_precomputed_rankings_match_on_demand_ones(run_dir):
     fresh = Recommender(load_run(out))
     batched = Recommender(load_run(out))
     batched.precompute(batch_size=7)
-    assert len(batched._ranked) == ds.n_users
-    uncached = Recommender(load_run(out), cache_k=0)  # k > cache_k: scored per request
+    assert batched.n_kept == ds.n_users
+    assert batched.kept_bytes() < 2_000 * ds.n_users, "a few kB per user, not whole rankings"
+    shallow = Recommender(load_run(out), keep_top=4)  # k > keep_top: computed per request
     for u in (0, 5, 17):
         raw = int(ds.user_ids[u])
-        a, b, c = (r.for_user(raw, k=6).to_dict() for r in (fresh, batched, uncached))
-        assert [p["movie_id"] for p in a["picks"]] == [p["movie_id"] for p in b["picks"]]
+        a, b, c = (r.for_user(raw, k=6).to_dict() for r in (fresh, batched, shallow))
+        assert a == b, "a batch of 7 users answers exactly as one user alone"
         assert [p["movie_id"] for p in a["picks"]] == [p["movie_id"] for p in c["picks"]]
-        for pa, pb in zip(a["picks"], b["picks"], strict=True):
-            assert pa["score"] == pytest.approx(pb["score"], abs=1e-4)
-            assert pa["because"] == pb["because"]
+        for pa, pc in zip(a["picks"], c["picks"], strict=True):
+            assert pa["score"] == pc["score"] and pa["because"] == pc["because"]
+    assert shallow.n_kept == 0, "answers deeper than keep_top are not kept"
+    shallow.for_user(int(ds.user_ids[0]), k=4)
+    assert shallow.n_kept == 1
+
+
+def _same(a, b) -> bool:
+    return all(np.array_equal(getattr(a, f), getattr(b, f))
+               for f in ("items", "scores", "reason_items", "reason_weights"))
+
+
+def test_a_query_ranks_the_same_in_any_batch(run_dir):
+    """Serving's guarantee: the bits of one query's answer do not depend on the
+    queries handled with it, nor on its place among them."""
+    out, ds = run_dir
+    rec = Recommender(load_run(out))
+    ids = [int(x) for x in ds.item_ids[:40]]
+    queries = []
+    for i in range(9):
+        if i % 3:
+            queries.append(rec.user_query(i, k=1 + i))
+        else:
+            hist = ids[i : i + 1 + i % 5]
+            queries.append(rec.history_query(hist, k=2 + i, user_features={"gender": "F"}))
+    alone = [rec.rank([q])[0] for q in queries]
+    for size in (2, 3, 5, 9):
+        for start in range(0, len(queries), size):
+            chunk = list(range(start, min(start + size, len(queries))))
+            for i, got in zip(chunk, rec.rank([queries[i] for i in chunk]), strict=True):
+                assert _same(got, alone[i]), (size, i)
+    together = rec.rank(queries[::-1])[::-1]
+    assert all(_same(a, b) for a, b in zip(together, alone, strict=True))
+    unseen = [ds.n_items - len(set(q.seen.tolist())) for q in queries]
+    assert [len(r.items) for r in alone] == [min(q.depth, n) for q, n in zip(queries, unseen,
+                                                                             strict=True)]
+    assert any((r.reason_items >= 0).any() for r in alone), "reasons are kept"
+
+
+def test_request_time_moves_the_answer_and_is_checked(run_dir):
+    out, ds = run_dir
+    rec = Recommender(load_run(out))
+    hist = [int(x) for x in ds.item_ids[:3]]
+    default = rec.for_history(hist, k=5).to_dict()
+    assert rec.for_history(hist, k=5, now=rec.last_time).to_dict() == default
+    raw = int(ds.user_ids[2])
+    later = rec.for_user(raw, k=5, now=rec.last_watch(2) + 3 * 365 * 86400)
+    assert rec.n_kept == 0, "an answer for another time is not the user's kept one"
+    assert [p.score for p in later.picks] != [p.score for p in rec.for_user(raw, k=5).picks]
+    with pytest.raises(DataError, match="before this user's last watch"):
+        rec.for_user(raw, k=5, now=rec.last_watch(2) - 1)

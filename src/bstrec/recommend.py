@@ -1,15 +1,21 @@
 """Top-k unseen movies for a known user or for any list of watched movies, explained.
 
-Recommendation time: for a known user, "now" is the moment of their last watch (the
-model learnt time gaps from data that ends years ago; real wall-clock time would put
-every watch in the "years ago" bucket). A typed history without times is read as
-watched one after another, a minute apart, the last one just now.
+Recommendation time ("now", from which the model's time-gap feature is measured): for a
+known user, the moment of their last watch, unless the caller passes its own (the model
+learnt time gaps from data that ends years ago; real wall-clock time would put every
+watch in the "years ago" bucket). A typed history is read as watched one after another,
+a minute apart, the last one at "now", which defaults to the data set's last timestamp.
+
+Every model call goes through ``Recommender.rank``: a list of one-row ``Query``s in, one
+compact ``Ranked`` (top picks and the reasons for them) per query out. Serving
+(serve/worker.py) hands it the requests that queued up while the model was busy; a
+query's answer is the same bits whatever else was queued with it (see ``rank``).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from datetime import UTC, datetime
 
 import numpy as np
@@ -20,6 +26,10 @@ from bstrec.data.interactions import DataError
 from bstrec.run_dir import LoadedRun
 
 SPACING_SECONDS = 60
+# Known users' answers are kept to this depth (top picks, their scores and reasons, a
+# few kB per user whatever the catalogue size). A request for more is computed on
+# demand and not kept. 50 is the deepest list the web page offers.
+KEEP_TOP = 50
 
 
 class UnknownIdError(DataError):
@@ -64,14 +74,50 @@ class Recommendations:
     task: str
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return _plain_dict(self)
+
+
+@dataclass(frozen=True)
+class Query:
+    """One request for the model: a one-row batch and what to leave out of the picks."""
+
+    batch: Batch
+    seen: np.ndarray  # item indexes never recommended (the history)
+    depth: int  # how many picks to rank and explain
+    user: int | None = None  # known user's index; None for a typed history
+    keep: bool = False  # a known user's default answer, to keep (Recommender.rank)
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """A query's top picks, best first, in a compact form (what the known-user cache
+    holds): item indexes and scores, and per pick the item indexes (-1: none) and
+    attention weights of the watched movies that weighed most."""
+
+    items: np.ndarray  # (n,) int32
+    scores: np.ndarray  # (n,) float32
+    reason_items: np.ndarray  # (n, E) int32
+    reason_weights: np.ndarray  # (n, E) float32
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self.items, self.scores, self.reason_items,
+                                      self.reason_weights))
 
 
 class Recommender:
-    """Loaded once, answers many requests. Inference is serialized by the caller
-    (torch modules are not guaranteed thread-safe across concurrent forward passes)."""
+    """Loaded once, answers many requests.
 
-    def __init__(self, run: LoadedRun, explain_top: int = 3, cache_k: int = 100):
+    ``rank`` only reads the model (in eval mode, its inference cache built here) and
+    each call scores its own queries, so several threads may call it at once with the
+    same answers as one at a time (tests/serve/test_concurrency.py); serving confines
+    it to its model threads (serve/worker.py). Lookups, ``*_query``, ``cached`` and
+    ``answer_*`` never touch the model.
+    """
+
+    def __init__(self, run: LoadedRun, explain_top: int = 3, keep_top: int = KEEP_TOP):
+        if keep_top < 1:
+            raise ValueError(f"keep_top must be at least 1, not {keep_top}")
         self.run = run
         self.model = run.model.eval()
         if hasattr(self.model, "freeze_catalog"):
@@ -83,10 +129,10 @@ class Recommender:
         self.user_pos = {str(u): i for i, u in enumerate(ds.user_ids.tolist())}
         self.item_pos = {str(m): i for i, m in enumerate(ds.item_ids.tolist())}
         self.explain_top = explain_top
-        self.cache_k = cache_k  # known users' rankings are kept to this depth
-        self._ranked: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._explained: dict[int, list[list[Because]]] = {}  # per user, per ranked pick
-        self.all_items = torch.arange(1, ds.n_items + 1)
+        self.keep_top = keep_top
+        self._kept: dict[int, Ranked] = {}  # known user index -> top keep_top picks
+        self.last_time = int(ds.timestamp.max()) if len(ds.timestamp) else 0
+        self._movie_fields: list[dict | None] = [None] * ds.n_items
 
     # ---------------------------------------------------------------- lookups
     def movie(self, idx: int) -> MovieInfo:
@@ -98,6 +144,14 @@ class Recommender:
             year=year or None,
             genres=[g for g, on in zip(ds.genre_names, ds.item_genres[idx], strict=True) if on],
         )
+
+    def _fields(self, idx: int) -> dict:
+        """``movie(idx)`` as keyword arguments, built once per movie: every answer
+        names 10 to 50 of them: a cached answer renders in a third of the time."""
+        cached = self._movie_fields[idx]
+        if cached is None:
+            cached = self._movie_fields[idx] = asdict(self.movie(idx))
+        return {**cached, "genres": list(cached["genres"])}  # a list of the caller's own
 
     def user_index(self, raw_user) -> int:
         idx = self.user_pos.get(str(raw_user))
@@ -129,130 +183,160 @@ class Recommender:
                             f"known: {self.run.user_feature_names}")
         return codes
 
-    # ---------------------------------------------------------------- recommend
+    def last_watch(self, u: int) -> int:
+        return int(self.ds.timestamp[int(self.ds.user_offsets[u + 1]) - 1])
+
+    # ---------------------------------------------------------------- queries
     def _seen(self, u: int) -> np.ndarray:
         return self.ds.item[int(self.ds.user_offsets[u]) : int(self.ds.user_offsets[u + 1])]
 
-    @torch.no_grad()
-    def precompute(self, users: list[int] | None = None, batch_size: int = 64,
-                   progress=None) -> None:
-        """Rank and explain the catalogue for known users ahead of requests.
+    def user_query(self, u: int, k: int, now: int | None = None) -> Query:
+        """A known user's query: ranked to ``keep_top`` (and then kept) when k fits and
+        "now" is the default, else to k, computed for this request only."""
+        if now is not None and now < self.last_watch(u):
+            raise DataError(f"now: {_iso(now)} is before this user's last watch "
+                            f"({_iso(self.last_watch(u))})")
+        keep = now is None and k <= self.keep_top
+        time = None if now is None else torch.tensor([now], dtype=torch.long)
+        batch = self.store.batch_for_users(torch.tensor([u]), self.max_len, time)
+        return Query(batch, self._seen(u), self.keep_top if keep else k, u, keep)
 
-        A run is immutable while it is served, so a known user's ranking and the
-        reasons for it never change: computing them once in batches (several users per
-        forward pass) is cheaper than per request, and a request for a precomputed user
-        needs no model call at all (``cached_for_user``).
-        """
-        todo = [u for u in (range(self.ds.n_users) if users is None else users)
-                if u not in self._explained]
-        for s in range(0, len(todo), batch_size):
-            chunk = todo[s : s + batch_size]
-            batch = self.store.batch_for_users(torch.tensor(chunk), self.max_len)
-            scores = self.model.score_all(batch)  # (B, n_items)
-            ranked = [self._rank(scores[row], self._seen(u)) for row, u in enumerate(chunk)]
-            for u, r in zip(chunk, ranked, strict=True):
-                self._ranked[u] = r
-            k = min(len(idx) for idx, _ in ranked)
-            if k == 0:
-                continue
-            cands = torch.stack([idx[:k] for idx, _ in ranked]) + 1  # (B, k)
-            weights = self.model.explain(batch, cands)  # (B, k, L) or None
-            for row, u in enumerate(chunk):
-                w = None if weights is None else weights[row]
-                self._explained[u] = self._reasons(w, batch.hist_item[row])
-            if progress is not None:
-                progress(min(s + batch_size, len(todo)), len(todo))
-
-    def _rank(self, scores: torch.Tensor, seen: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        scores = scores.clone()
-        scores[torch.as_tensor(seen, dtype=torch.long)] = float("-inf")
-        k = min(self.cache_k, int(torch.isfinite(scores).sum()))
-        top = torch.topk(scores, k)
-        return top.indices, top.values
-
-    def _reasons(self, weights: torch.Tensor | None, hist_item: torch.Tensor) -> list[list]:
-        """Per pick, the (up to explain_top) watched movies that weighed most: Because."""
-        if weights is None:
-            return [[] for _ in range(self.cache_k)]
-        top_w, top_pos = weights.topk(min(self.explain_top, weights.shape[-1]), dim=-1)
-        out = []
-        for ws, ps in zip(top_w.tolist(), top_pos.tolist(), strict=True):
-            because = []
-            for w, pos in zip(ws, ps, strict=True):
-                tok = int(hist_item[pos])
-                if tok > 0 and w > 0:
-                    because.append(Because(**asdict(self.movie(tok - 1)), weight=round(w, 4)))
-            out.append(because)
-        return out
-
-    def _history(self, u: int, shown: int) -> list[Watched]:
-        lo, hi = int(self.ds.user_offsets[u]), int(self.ds.user_offsets[u + 1])
-        return [
-            Watched(**asdict(self.movie(int(self.ds.item[r]))),
-                    rating=_rating(self.ds.rating[r]), time=_iso(self.ds.timestamp[r]))
-            for r in range(hi - 1, max(lo, hi - shown) - 1, -1)
-        ]
-
-    def cached_for_user(self, raw_user, k: int = 10,
-                        history_shown: int = 10) -> Recommendations | None:
-        """A precomputed user's answer without touching the model; None if not cached."""
-        u = self.user_index(raw_user)
-        reasons = self._explained.get(u)
-        if reasons is None or k > len(reasons):
-            return None
-        idx, vals = self._ranked[u]
-        picks = [Pick(**asdict(self.movie(i)), score=round(v, 4), because=list(b))
-                 for i, v, b in zip(idx[:k].tolist(), vals[:k].tolist(), reasons[:k],
-                                    strict=False)]
-        return Recommendations(_raw(self.ds.user_ids[u]), picks, self._history(u, history_shown),
-                               self.model.task)
-
-    @torch.no_grad()
-    def for_user(self, raw_user, k: int = 10, history_shown: int = 10) -> Recommendations:
-        cached = self.cached_for_user(raw_user, k, history_shown)
-        if cached is not None:
-            return cached
-        u = self.user_index(raw_user)
-        batch = self.store.batch_for_users(torch.tensor([u]), self.max_len)
-        if u not in self._ranked:
-            self._ranked[u] = self._rank(self.model.score_all(batch)[0], self._seen(u))
-        if k <= self.cache_k:
-            idx, vals = self._ranked[u]
-            picks = self._picks(batch, idx[:k], vals[:k])
-        else:
-            picks = self._top_k(batch, self._seen(u), k)
-        return Recommendations(_raw(self.ds.user_ids[u]), picks, self._history(u, history_shown),
-                               self.model.task)
-
-    @torch.no_grad()
-    def for_history(self, raw_items: list, k: int = 10,
-                    user_features: dict[str, str] | None = None) -> Recommendations:
+    def history_query(self, raw_items: list, k: int,
+                      user_features: dict[str, str] | None = None,
+                      now: int | None = None) -> Query:
+        """A typed history's query (oldest first); raises on unknown ids or values."""
         if not raw_items:
             raise DataError("history: give at least one movie id")
         idx = self.item_indexes(raw_items)
         n = len(idx)
-        now = int(self.ds.timestamp.max()) if len(self.ds.timestamp) else 0
+        now = self.last_time if now is None else int(now)
         times = [now - SPACING_SECONDS * (n - 1 - i) for i in range(n)]
         batch = history_batch([i + 1 for i in idx], self.max_len,
                               len(self.run.user_feature_names),
                               user_feats=self.user_feature_codes(user_features),
                               times=times, now=now)
-        picks = self._top_k(batch, np.asarray(idx), k)
-        hist = [Watched(**asdict(self.movie(i))) for i in reversed(idx)]
-        return Recommendations(None, picks, hist, self.model.task)
+        return Query(batch, np.asarray(idx, dtype=np.int64), k)
 
-    def _top_k(self, batch: Batch, seen: np.ndarray, k: int) -> list[Pick]:
-        scores = self.model.score_all(batch)[0].clone()  # (n_items,)
+    def user_queries(self, users: list[int]) -> list[Query]:
+        """The queries whose answers are kept: for precomputing known users."""
+        return [self.user_query(u, self.keep_top) for u in users]
+
+    # ---------------------------------------------------------------- the model
+    @torch.no_grad()
+    def rank(self, queries: list[Query]) -> list[Ranked]:
+        """Score, rank and explain queries: the one place the model runs.
+
+        Each query is scored in a forward pass of its own. Stacking rows into one pass
+        was measured (benchmarks/batch_forward.py, default BST on ml-1m-u2999, one
+        torch thread): 2 to 4 rows saved up to 10% per row, 8 or 16 rows cost 1.5x as
+        much as one at a time (a BST row is already a catalogue-by-dim matrix product;
+        bigger batches spill out of the CPU cache). And it breaks exactness: BLAS picks
+        other kernels for other shapes (matrix-vector for one row, tails of blocked
+        loops), which moved a row's scores by an ulp or two with its batch-mates.
+        Row by row, a query's answer is the same bits whatever else is queued with
+        it. A kept query's answer is remembered for ``cached``.
+        """
+        out = []
+        for q in queries:
+            scores = self.model.score_all(q.batch)[0]
+            ranked = self._explain(q.batch, *self._top(scores, q.seen, q.depth))
+            if q.keep and q.user is not None:
+                self._kept[q.user] = ranked  # one dict store: safe for readers
+            out.append(ranked)
+        return out
+
+    def _top(self, scores: torch.Tensor, seen: np.ndarray, k: int):
+        scores = scores.clone()
         scores[torch.as_tensor(seen, dtype=torch.long)] = float("-inf")
         k = min(k, int(torch.isfinite(scores).sum()))
         top = torch.topk(scores, k)
-        return self._picks(batch, top.indices, top.values)
+        return top.indices, top.values
 
-    def _picks(self, batch: Batch, indices: torch.Tensor, values: torch.Tensor) -> list[Pick]:
-        weights = self.model.explain(batch, indices + 1)  # (1, k, L) or None
-        reasons = self._reasons(None if weights is None else weights[0], batch.hist_item[0])
-        return [Pick(**asdict(self.movie(i)), score=round(v, 4), because=b)
-                for i, v, b in zip(indices.tolist(), values.tolist(), reasons, strict=False)]
+    def _explain(self, batch: Batch, indices: torch.Tensor, values: torch.Tensor) -> Ranked:
+        """The ``explain_top`` watched movies that weighed most for each pick."""
+        n, e = len(indices), self.explain_top
+        reason_items = np.full((n, e), -1, dtype=np.int32)
+        reason_weights = np.zeros((n, e), dtype=np.float32)
+        weights = self.model.explain(batch, indices + 1) if n else None  # (1, n, L) | None
+        if weights is not None:
+            top_w, top_pos = weights[0].topk(min(e, weights.shape[-1]), dim=-1)  # (n, e')
+            tok = batch.hist_item[0][top_pos]
+            valid = (tok > 0) & (top_w > 0)
+            cols = top_w.shape[1]
+            reason_items[:, :cols] = torch.where(valid, tok - 1, -1).numpy()
+            reason_weights[:, :cols] = torch.where(valid, top_w, 0.0).numpy()
+        return Ranked(indices.numpy().astype(np.int32), values.numpy().astype(np.float32),
+                      reason_items, reason_weights)
+
+    # ---------------------------------------------------------------- known users
+    def cached(self, u: int, k: int) -> Ranked | None:
+        """A known user's kept answer, if computed and deep enough for k."""
+        ranked = self._kept.get(u)
+        return ranked if ranked is not None and k <= self.keep_top else None
+
+    @property
+    def n_kept(self) -> int:
+        return len(self._kept)
+
+    def kept_bytes(self) -> int:
+        return sum(r.nbytes for r in list(self._kept.values()))
+
+    def precompute(self, users: list[int] | None = None, batch_size: int = 8,
+                   progress=None) -> None:
+        """Rank and explain ahead of requests for known users (their default "now"),
+        keeping the top ``keep_top`` of each. A run is immutable while it is served, so
+        a kept answer never goes stale. ``progress(done, total)`` after each batch."""
+        todo = [u for u in (range(self.ds.n_users) if users is None else users)
+                if u not in self._kept]
+        for s in range(0, len(todo), batch_size):
+            self.rank(self.user_queries(todo[s : s + batch_size]))
+            if progress is not None:
+                progress(min(s + batch_size, len(todo)), len(todo))
+
+    # ---------------------------------------------------------------- answers
+    def picks(self, ranked: Ranked, k: int) -> list[Pick]:
+        out = []
+        for i in range(min(k, len(ranked.items))):
+            because = [Because(**self._fields(int(m)), weight=round(w, 4))
+                       for m, w in zip(ranked.reason_items[i].tolist(),
+                                       ranked.reason_weights[i].tolist(), strict=True)
+                       if m >= 0]
+            out.append(Pick(**self._fields(int(ranked.items[i])),
+                            score=round(float(ranked.scores[i].item()), 4), because=because))
+        return out
+
+    def answer_user(self, u: int, ranked: Ranked, k: int,
+                    history_shown: int = 10) -> Recommendations:
+        return Recommendations(_raw(self.ds.user_ids[u]), self.picks(ranked, k),
+                               self._history(u, history_shown), self.model.task)
+
+    def answer_history(self, query: Query, ranked: Ranked, k: int) -> Recommendations:
+        hist = [Watched(**self._fields(int(i))) for i in reversed(query.seen.tolist())]
+        return Recommendations(None, self.picks(ranked, k), hist, self.model.task)
+
+    def _history(self, u: int, shown: int) -> list[Watched]:
+        lo, hi = int(self.ds.user_offsets[u]), int(self.ds.user_offsets[u + 1])
+        return [
+            Watched(**self._fields(int(self.ds.item[r])),
+                    rating=_rating(self.ds.rating[r]), time=_iso(self.ds.timestamp[r]))
+            for r in range(hi - 1, max(lo, hi - shown) - 1, -1)
+        ]
+
+    # ---------------------------------------------------------------- one at a time
+    def for_user(self, raw_user, k: int = 10, history_shown: int = 10,
+                 now: int | None = None) -> Recommendations:
+        """Library use, single-threaded: the kept answer or one computed now."""
+        u = self.user_index(raw_user)
+        ranked = self.cached(u, k) if now is None else None
+        if ranked is None:
+            ranked = self.rank([self.user_query(u, k, now)])[0]
+        return self.answer_user(u, ranked, k, history_shown)
+
+    def for_history(self, raw_items: list, k: int = 10,
+                    user_features: dict[str, str] | None = None,
+                    now: int | None = None) -> Recommendations:
+        query = self.history_query(raw_items, k, user_features, now)
+        return self.answer_history(query, self.rank([query])[0], k)
 
 
 def plain_id(raw):
@@ -262,6 +346,16 @@ def plain_id(raw):
     if isinstance(raw, str) and re.fullmatch(r"-?[0-9]+", raw) and str(int(raw)) == raw:
         return int(raw)
     return raw
+
+
+def _plain_dict(obj):
+    """``dataclasses.asdict`` for these answers (dataclasses, lists, plain values),
+    without its deep copies: 1.7x faster, and an answer is built for every request."""
+    if is_dataclass(obj):
+        return {f.name: _plain_dict(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, list):
+        return [_plain_dict(x) for x in obj]
+    return obj
 
 
 def _raw(v):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
 
 import pytest
 
@@ -65,8 +66,8 @@ def client(app):
         yield c
 
 
-@pytest.fixture(scope="session")
-def live_server(app):
+@contextmanager
+def running(app):
     """The app on a real loopback socket (uvicorn in a thread); yields its base URL."""
     import uvicorn
 
@@ -81,6 +82,14 @@ def live_server(app):
     else:
         raise RuntimeError("uvicorn did not start within 10 s")
     port = server.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture(scope="session")
+def live_server(app):
+    with running(app) as url:
+        yield url

@@ -254,12 +254,14 @@ def test_an_internal_error_is_a_generic_500(recommender, monkeypatch, caplog):
     def boom(*_a, **_k):
         raise RuntimeError("secret internals /home/x/model.py line 1")
 
-    monkeypatch.setattr(svc.rec, "for_user", boom)
+    # the model fails on its own thread; the request that waits for it answers 500
+    monkeypatch.setattr(svc.rec, "rank", boom)
     with TestClient(app, raise_server_exceptions=False) as c:
-        r = c.get(f"/users/{KNOWN_USER}/recommendations")
-    assert r.status_code == 500
-    assert r.json() == {"detail": "internal server error", "field": None}
-    assert "secret" not in r.text
+        for r in (c.post("/recommendations", json={"history": [10, 11]}),
+                  c.get(f"/users/{KNOWN_USER}/recommendations", params={"now": "2030-01-01"})):
+            assert r.status_code == 500
+            assert r.json() == {"detail": "internal server error", "field": None}
+            assert "secret" not in r.text
     assert "secret internals" in caplog.text, "the cause is logged on the server"
 
 
@@ -275,6 +277,20 @@ def test_serve_command_is_registered_and_binds_loopback_by_default():
     assert not _is_loopback("0.0.0.0") and not _is_loopback("example.org")
 
 
+def test_serve_command_defaults_match_the_library():
+    """`--keep-top` repeats recommend.KEEP_TOP as a literal (importing it would load
+    torch for every command); the two must not drift apart."""
+    import inspect
+
+    from bstrec.commands.serve import serve
+    from bstrec.recommend import KEEP_TOP
+    from bstrec.serve.worker import WorkerSettings
+
+    params = inspect.signature(serve).parameters
+    assert params["keep_top"].default.default == KEEP_TOP
+    assert params["model_threads"].default.default == WorkerSettings().threads
+
+
 def test_serve_command_fails_cleanly_without_a_run(tmp_path):
     from typer.testing import CliRunner
 
@@ -282,3 +298,125 @@ def test_serve_command_fails_cleanly_without_a_run(tmp_path):
 
     out = CliRunner().invoke(app, ["serve", str(tmp_path)])
     assert out.exit_code == 1 and "not a run folder" in out.output
+
+
+# ------------------------------------------------------------------ issue 11 and 9
+def test_health_lists_features_by_name_and_the_precompute(client):
+    h = client.get("/health").json()
+    assert h["user_feature_choices"] == [
+        {"name": "age", "label": "Age",
+         "choices": [{"value": v, "label": v} for v in ("0", "1", "2")]},
+        {"name": "gender", "label": "Gender",
+         "choices": [{"value": "F", "label": "female"}, {"value": "M", "label": "male"}]},
+    ]
+    p = h["precompute"]  # this app was made without the background precompute
+    assert p["enabled"] is False and p["complete"] is False
+    assert p["users_total"] == 40 and p["keep_top"] == 50
+
+
+def test_movielens_features_read_as_names_in_their_order():
+    from bstrec.serve.labels import choices, feature_label
+
+    ages = ["18-24", "25-34", "35-44", "45-49", "50-55", "56+", "Under 18"]  # as stored
+    assert [c["value"] for c in choices("age", ages, "ml-1m-u2999")] == [
+        "Under 18", "18-24", "25-34", "35-44", "45-49", "50-55", "56+"]
+    codes = sorted(str(i) for i in range(21))  # '0', '1', '10', ... as text
+    occ = choices("occupation", codes, "ml-1m-u2999")
+    assert [c["value"] for c in occ] == [str(i) for i in range(21)]
+    assert occ[0]["label"] == "other or not specified" and occ[12]["label"] == "programmer"
+    assert occ[20]["label"] == "writer"
+    # ML-100K names its occupations itself; codes of other data sets stay as they are
+    assert choices("occupation", ["writer", "artist"], "ml-100k")[0]["label"] == "artist"
+    assert choices("occupation", ["3"], "tiny") == [{"value": "3", "label": "3"}]
+    assert feature_label("zip1") == "ZIP code starts with"
+
+
+def test_a_request_may_give_its_own_time(client, recommender):
+    base = {"history": [20, 21, 22], "k": 5}
+    default = client.post("/recommendations", json=base).json()
+    same = client.post("/recommendations",
+                       json={**base, "now": recommender.last_time}).json()
+    assert same == default, "the default time is the data set's last rating"
+    later = client.post("/recommendations", json={**base, "now": "2031-05-01T12:00:00Z"})
+    assert later.status_code == 200
+    assert later.json() == recommender.for_history(
+        [20, 21, 22], 5, now=1_935_489_600).to_dict()
+    r = client.get(f"/users/{KNOWN_USER}/recommendations", params={"now": "2031-05-01"})
+    assert r.status_code == 200 and r.headers["server-timing"] != "queue;dur=0.00, model;dur=0.00"
+    _error(client.get(f"/users/{KNOWN_USER}/recommendations", params={"now": "1970-01-02"}),
+           422, "now")
+    _error(client.get(f"/users/{KNOWN_USER}/recommendations", params={"now": "soon"}),
+           422, "now")
+    _error(client.post("/recommendations", json={**base, "now": "soon"}), 422, "now")
+
+
+def test_more_picks_than_kept_are_computed_on_demand(client, recommender):
+    kept = client.get("/users/7/recommendations", params={"k": 50})
+    deeper = client.get("/users/7/recommendations", params={"k": 60})
+    assert kept.status_code == deeper.status_code == 200
+    assert deeper.headers["server-timing"] != "queue;dur=0.00, model;dur=0.00"
+    a, b = kept.json()["picks"], deeper.json()["picks"]
+    n = min(len(a), len(b))  # the tiny catalogue runs out first
+    assert [p["movie_id"] for p in a[:n]] == [p["movie_id"] for p in b[:n]]
+    again = client.get("/users/7/recommendations", params={"k": 50})
+    assert again.headers["server-timing"] == "queue;dur=0.00, model;dur=0.00", "kept"
+
+
+def test_server_answers_while_known_users_are_ranked_in_the_background(tiny_run,
+                                                                     recommender):
+    """Instant start: /health is answered while the precompute is busy, and a request
+    for a user it has not reached goes before it and is computed on demand, with the
+    same answer. One model thread, held inside the precompute's first user."""
+    import threading
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from bstrec.recommend import Recommender
+    from bstrec.run_dir import load_run
+    from bstrec.serve.app import create_app
+    from bstrec.serve.worker import WorkerSettings
+
+    rec = Recommender(load_run(tiny_run))
+    gate, held_at_0 = threading.Event(), threading.Event()
+    kept_when_asked: list[int] = []
+    rank = rec.rank
+
+    def held(queries):
+        if queries[0].user == 0 and not gate.is_set():
+            held_at_0.set()
+            gate.wait(10)
+        if queries[0].user == 39:
+            kept_when_asked.append(rec.n_kept)
+        return rank(queries)
+
+    rec.rank = held
+    lines: list[str] = []
+    app = create_app(rec, WorkerSettings(threads=1, precompute=True), say=lines.append)
+    workers = app.state.service.workers
+    with TestClient(app) as c:
+        assert held_at_0.wait(10)
+        p = c.get("/health").json()["precompute"]  # the model thread is busy meanwhile
+        assert p["enabled"] and not p["complete"] and p["users_done"] == 0
+        answer = {}
+        asking = threading.Thread(target=lambda: answer.update(
+            r=c.get("/users/40/recommendations", params={"k": 7})))  # index 39
+        asking.start()
+        for _ in range(200):
+            if workers.requests.qsize():
+                break
+            time.sleep(0.01)
+        gate.set()
+        asking.join(10)
+        assert answer["r"].status_code == 200
+        assert answer["r"].json() == recommender.for_user(40, 7).to_dict()
+        assert kept_when_asked == [1], "asked before the precompute's second user"
+        for _ in range(200):
+            if c.get("/health").json()["precompute"]["complete"]:
+                break
+            time.sleep(0.05)
+        p = c.get("/health").json()["precompute"]
+    assert p["complete"] and p["users_done"] == 40 and rec.n_kept == 40
+    assert lines[0].startswith("precompute: ranking 40 known users in the background")
+    assert any(line.startswith("precompute: 20/40 known users (50%)") for line in lines)
+    assert lines[-1].startswith("precompute complete: 40 known users, top 50 each")

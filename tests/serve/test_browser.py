@@ -69,6 +69,11 @@ def test_build_a_history_and_get_recommendations(page, tmp_path):
     from playwright.sync_api import expect
 
     expect(page.locator("#health")).to_contain_text("bst")
+    # before any answer: no empty headings, no note about scores
+    expect(page.locator("#recent-title")).to_be_hidden()
+    expect(page.locator("#score-note")).to_be_hidden()
+    expect(page.locator("label[for=feat-gender]")).to_have_text("Gender")
+    expect(page.locator("#feat-gender option")).to_have_text(["not given", "female", "male"])
     page.fill("#search", "movie 12")
     page.press("#search", "Enter")
     hit = page.locator('#search-results li[data-movie-id="12"]')
@@ -89,7 +94,13 @@ def test_build_a_history_and_get_recommendations(page, tmp_path):
     expect(page.locator("#recs-title")).to_contain_text("your history")
     first = cards.first
     expect(first.locator(".title")).to_contain_text("Movie")
-    expect(first.locator(".score")).to_contain_text("score")
+    # scores read as a match relative to the first pick, and the page says so
+    expect(first.locator(".score")).to_have_text("match 100%")
+    matches = [int(t.split()[1].rstrip("%")) for t in cards.locator(".score").all_inner_texts()]
+    assert matches == sorted(matches, reverse=True) and all(0 <= m <= 100 for m in matches)
+    assert first.locator(".score").get_attribute("title").startswith("model score ")
+    expect(page.locator("#score-note")).to_contain_text("compared with the first pick")
+    expect(page.locator("#recent-title")).to_be_visible()
     expect(page.locator("#recs .because").first).to_contain_text("because you watched")
     expect(page.locator("#recent li")).to_have_count(2)
     expect(page.locator("#error")).to_be_hidden()
@@ -115,3 +126,38 @@ def test_unknown_user_shows_the_error(page):
     page.fill("#user-id", "424242")
     page.click("#user-go")
     expect(page.locator("#error")).to_contain_text("unknown user id: 424242")
+
+
+def test_movielens_demographics_read_as_names_in_order(page, live_server):
+    """The page shows what /health lists, in its order: here a MovieLens 1M model's
+    features (the tiny test run has only two), put in /health's answer on the way."""
+    import httpx
+    from playwright.sync_api import expect
+
+    from bstrec.serve.labels import choices, feature_label
+
+    vocab = {
+        "age": ["18-24", "25-34", "35-44", "45-49", "50-55", "56+", "Under 18"],
+        "occupation": sorted(str(i) for i in range(21)),  # as the data stores them
+        "zip1": [str(i) for i in range(10)],
+    }
+    health = httpx.get(live_server + "/health").json()
+    health["user_feature_choices"] = [
+        {"name": n, "label": feature_label(n), "choices": choices(n, v, "ml-1m")}
+        for n, v in vocab.items()
+    ]
+    context = page.context.browser.new_context()
+    other = context.new_page()
+    other.route("**/health", lambda route: route.fulfill(json=health))
+    other.goto(live_server + "/")
+    expect(other.locator("#feat-age option")).to_have_text(
+        ["not given", "Under 18", "18-24", "25-34", "35-44", "45-49", "50-55", "56+"])
+    occupations = other.locator("#feat-occupation option")
+    expect(occupations).to_have_count(22)
+    expect(occupations.nth(1)).to_have_text("other or not specified")
+    expect(occupations.nth(2)).to_have_text("academic/educator")
+    expect(occupations.nth(11)).to_have_text("K-12 student")
+    expect(occupations.nth(21)).to_have_text("writer")
+    assert occupations.nth(13).get_attribute("value") == "12"  # the code goes back
+    expect(other.locator("label[for=feat-zip1]")).to_have_text("ZIP code starts with")
+    context.close()

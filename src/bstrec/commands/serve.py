@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import ipaddress
+import sys
+import time
 from pathlib import Path
 
 import typer
@@ -27,12 +30,28 @@ def serve(
         max=64,
         help="torch threads per forward pass (1 suits a small machine)",
     ),
+    model_threads: int = typer.Option(
+        1,
+        "--model-threads",
+        min=1,
+        max=64,
+        help="threads that run the model, each on its own request; more can help where "
+        "cores are idle (on the busy 2-core machine 2 measured no better: README, Serving)",
+    ),
+    keep_top: int = typer.Option(
+        50,  # recommend.KEEP_TOP, not imported: that would load torch for every command
+        "--keep-top",
+        min=1,
+        max=10_000,
+        help="picks kept per known user once computed; a request for more is computed "
+        "on demand",
+    ),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level"),
     precompute: bool = typer.Option(
         True,
         "--precompute/--no-precompute",
-        help="Rank the catalogue for every known user at start-up (batched), so a "
-        "known-user request only explains its top k",
+        help="Rank every known user in the background from the start (requests are "
+        "answered meanwhile, and go first)",
     ),
 ) -> None:
     """Serve recommendations over HTTP (JSON API, docs at /docs, web page at /)."""
@@ -47,25 +66,30 @@ def serve(
 
     import torch
 
-    # One intra-op thread by default. Requests are served one forward pass at a time
-    # (serve/app.py), and the other core is busy with HTTP, JSON and the clients; torch's
-    # worker threads spin while they wait, and on a loaded 2-core machine a 2-thread
-    # forward over the catalogue measured 570 ms against 17 ms with one thread.
+    # One intra-op thread by default. The model threads run one forward pass each
+    # (serve/worker.py), and the other core is busy with HTTP, JSON and the clients;
+    # torch's worker threads spin while they wait, and on a loaded 2-core machine a
+    # 2-thread forward over the catalogue measured 570 ms against 17 ms with one thread.
     torch.set_num_threads(threads)
     # RuntimeError: weights that do not fit this version's model (torch's message says how)
     with fail_cleanly((ValueError, RuntimeError)):
         from bstrec.recommend import Recommender
         from bstrec.run_dir import load_run
+        from bstrec.serve.worker import WorkerSettings
 
-        rec = Recommender(load_run(run_dir))
-        if precompute:
-            import time
-
-            t0 = time.perf_counter()
-            rec.precompute()
-            typer.echo(f"ranked the catalogue for {len(rec._ranked):,} known users in "
-                       f"{time.perf_counter() - t0:.1f}s", err=True)
-        app = create_app(rec)
+        t0 = time.perf_counter()
+        rec = Recommender(load_run(run_dir), keep_top=keep_top)
+        say(f"loaded {run_dir} in {time.perf_counter() - t0:.1f} s: {rec.ds.n_users:,} users, "
+            f"{rec.ds.n_items:,} movies")
+        # the server answers from here on; known users are ranked in the background
+        settings = WorkerSettings(threads=model_threads, torch_threads=threads,
+                                  precompute=precompute)
+        app = create_app(rec, settings, say=say)
+    # Everything loaded so far lives as long as the server: torch, pydantic and FastAPI
+    # internals, the run. A full garbage collection walks all of it (about 200,000
+    # objects, 110 ms), and it stopped every request in flight for as long: a p99 of
+    # 135 ms for answers that take 10. Frozen, the collector leaves it alone.
+    gc.freeze()
     if not _is_loopback(host):
         typer.echo(
             f"warning: binding {host}: the API is reachable from other machines, "
@@ -76,6 +100,11 @@ def serve(
     typer.echo(f"serving {run_dir} at http://{shown}:{port}/  (API docs: /docs)", err=True)
     # one process: the model is loaded once and requests share it (see serve/app.py)
     uvicorn.run(app, host=host, port=port, log_level=log_level, workers=1)
+
+
+def say(line: str) -> None:
+    """A line on stderr at once (the precompute reports from its own thread)."""
+    print(line, file=sys.stderr, flush=True)
 
 
 def _is_loopback(host: str) -> bool:

@@ -7,23 +7,24 @@ never an internal index. Errors are JSON ``{"detail", "field", "ids"?}``:
 A 500 is a bug: it is logged here with its traceback, and the client gets a generic
 message, never the traceback.
 
-Inference is serialized by one lock. A forward pass over the whole catalogue
-already uses every core through torch's intra-op threads, so running two at once
-only makes both slower (and torch does not promise that a module's forward is
-safe to call from several threads). FastAPI runs the plain ``def`` endpoints below
-in its thread pool; the lock keeps the event loop free for cheap requests (search,
-static files) while recommendations queue for the model.
+Only the model threads (serve/worker.py) run the model, one query each at a time. The
+recommendation endpoints are ``async``: on the event loop they check the request,
+queue its query and await its answer (no thread waits for the model), then render it
+(a fraction of a millisecond). The other endpoints are plain ``def`` lookups, run in
+FastAPI's thread pool. A known user's answer is computed once and kept (the top
+``keep_top``); ``bstrec serve`` ranks every known user in the background from the
+start, while it already answers requests.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
-import threading
-import time
 import unicodedata
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -37,11 +38,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bstrec.data.interactions import DataError
-from bstrec.recommend import Recommender, UnknownIdError, plain_id
+from bstrec.recommend import Ranked, Recommender, UnknownIdError, plain_id
+from bstrec.serve.labels import choices, feature_label
+from bstrec.serve.worker import ModelWorkers, WorkerSettings
 
 log = logging.getLogger("bstrec.serve")
 
 STATIC = Path(__file__).parent / "static"
+ANSWER_TIMEOUT_S = 120  # a model thread answers every query; past this, a logged 500
 MAX_HISTORY = 200  # far above the model's window (it reads the newest max_len only)
 MAX_K = 100
 RawId = int | Annotated[str, Field(min_length=1, max_length=64)]
@@ -71,7 +75,11 @@ class Because(Movie):
 
 
 class Pick(Movie):
-    score: float = Field(description="model score (predicted stars for a rating model)")
+    score: float = Field(
+        description="model score, higher is better: for a ranking model a log-odds whose "
+        "differences matter (exp(a - b) is how many times likelier the model thinks pick a "
+        "is watched next than pick b), not its level; predicted stars for a rating model"
+    )
     because: list[Because] = Field(description="the watched movies that drove this pick")
 
 
@@ -94,6 +102,30 @@ class UserOut(BaseModel):
     history: list[Watched] = Field(description="recent watches, newest first")
 
 
+class Choice(BaseModel):
+    value: str
+    label: str
+
+
+class FeatureChoices(BaseModel):
+    name: str
+    label: str
+    choices: list[Choice]
+
+
+class Precompute(BaseModel):
+    """The background ranking of known users (`bstrec serve --precompute`)."""
+
+    enabled: bool
+    complete: bool = Field(description="every known user's answer is ready")
+    users_done: int
+    users_total: int
+    keep_top: int = Field(
+        description="picks kept per known user; a request for more is computed on demand"
+    )
+    seconds: float = Field(description="since it started (until it finished)")
+
+
 class Health(BaseModel):
     status: str
     run: str = Field(description="run folder name")
@@ -107,6 +139,13 @@ class Health(BaseModel):
     user_features: dict[str, list[str]] = Field(
         description="optional demographics for POST /recommendations, with their values"
     )
+    user_feature_choices: list[FeatureChoices] = Field(
+        description="the same features for a person to choose from: a readable name, and "
+        "the values in a natural order, each with a label (MovieLens occupations by name, "
+        "age groups youngest first); send the value"
+    )
+    precompute: Precompute
+
 
 
 FeatureValue = int | Annotated[str, Field(max_length=64)]
@@ -137,6 +176,13 @@ class HistoryRequest(BaseModel):
     )
     k: int = Field(10, ge=1, le=MAX_K)
     user: UserFeatures | None = None
+    now: datetime | None = Field(
+        None,
+        description="the time of the request, from which the model measures how long ago "
+        "each movie was watched (ISO 8601, UTC unless it says otherwise, or Unix seconds). "
+        "Default: the data set's last rating. The history is read as watched a minute "
+        "apart, the last one at this time.",
+    )
 
 
 class ErrorOut(BaseModel):
@@ -166,9 +212,9 @@ def fold(text: str) -> str:
 class Service:
     """The recommender plus what the endpoints need precomputed (search, popularity)."""
 
-    def __init__(self, rec: Recommender):
+    def __init__(self, rec: Recommender, workers: ModelWorkers):
         self.rec = rec
-        self.lock = threading.Lock()
+        self.workers = workers
         ds = rec.ds
         self.n_ratings = np.bincount(ds.item, minlength=ds.n_items)
         if ds.has_ratings:
@@ -183,7 +229,7 @@ class Service:
         # most rated first: the order for an empty query and for ties
         self.by_popularity = np.argsort(-self.n_ratings, kind="stable")
 
-    # lookups never touch the model, so they need no lock
+    # lookups never touch the model: they run on the request's own thread
     def movie(self, idx: int) -> dict:
         info = self.rec.movie(idx).__dict__
         mean = self.mean_rating[idx]
@@ -243,31 +289,27 @@ class Service:
             "history": history,
         }
 
-    @contextmanager
-    def model_turn(self, timing: Callable[[str], None] | None):
-        """Hold the model; report the wait for it and the time with it (ms)."""
-        t0 = time.perf_counter()
-        with self.lock:
-            t1 = time.perf_counter()
-            yield
-            t2 = time.perf_counter()
-        if timing is not None:
-            timing(f"queue;dur={(t1 - t0) * 1e3:.2f}, model;dur={(t2 - t1) * 1e3:.2f}")
-
-    def for_user(self, raw: str, k: int, timing=None) -> dict:
-        self._user_index(raw)
-        # a user ranked at start-up (`bstrec serve --precompute`) needs no model call,
-        # so no turn at the lock either: the cached answer is read-only
-        recs = self.rec.cached_for_user(raw, k)
-        if recs is not None:
+    async def for_user(self, raw: str, k: int, timing=None,
+                       now: datetime | None = None) -> dict:
+        u = self._user_index(raw)
+        # a known user's answer is kept once computed (in the background from the start,
+        # or by an earlier request): no turn at the model then
+        ranked = self.rec.cached(u, k) if now is None else None
+        if ranked is not None:
             if timing is not None:
                 timing("queue;dur=0.00, model;dur=0.00")
-            return recs.to_dict()
-        with self.model_turn(timing):
-            recs = self.rec.for_user(raw, k)
-        return recs.to_dict()  # pure Python: let the next request have the model meanwhile
+        else:
+            try:
+                query = self.rec.user_query(u, k, _seconds(now))
+            except DataError as e:
+                raise ApiError(422, str(e), "now") from None
+            job = self.workers.submit(query)
+            ranked = await _answer(job)
+            if timing is not None:
+                timing(job.server_timing())
+        return self.rec.answer_user(u, ranked, k).to_dict()
 
-    def for_history(self, req: HistoryRequest, timing=None) -> dict:
+    async def for_history(self, req: HistoryRequest, timing=None) -> dict:
         missing = [m for m in req.history if str(m) not in self.rec.item_pos]
         if missing:
             missing = list(dict.fromkeys(missing))
@@ -282,17 +324,22 @@ class Service:
             )
         features = self._features(req.user)
         try:
-            with self.model_turn(timing):
-                recs = self.rec.for_history(list(req.history), req.k, features)
+            query = self.rec.history_query(list(req.history), req.k, features,
+                                           _seconds(req.now))
         except UnknownIdError as e:  # checked above; kept for a race-free guarantee
             raise ApiError(422, str(e), "history", list(e.ids)) from None
         except DataError as e:
             raise ApiError(422, str(e), "user") from None
-        return recs.to_dict()
+        job = self.workers.submit(query)
+        ranked = await _answer(job)
+        if timing is not None:
+            timing(job.server_timing())
+        return self.rec.answer_history(query, ranked, req.k).to_dict()
 
     def health(self) -> dict:
         run = self.rec.run
         ds = self.rec.ds
+        p = self.workers.progress
         return {
             "status": "ok",
             "run": run.path.name,
@@ -304,6 +351,19 @@ class Service:
             "max_len": self.rec.max_len,
             "max_history": MAX_HISTORY,
             "user_features": {n: list(ds.user_vocab[n][1:]) for n in run.user_feature_names},
+            "user_feature_choices": [
+                {"name": n, "label": feature_label(n),
+                 "choices": choices(n, list(ds.user_vocab[n][1:]), ds.name)}
+                for n in run.user_feature_names
+            ],
+            "precompute": {
+                "enabled": p.enabled,
+                "complete": p.complete,
+                "users_done": p.done if p.enabled else self.rec.n_kept,
+                "users_total": p.total if p.enabled else ds.n_users,
+                "keep_top": self.rec.keep_top,
+                "seconds": round(p.seconds, 2),
+            },
         }
 
     def _user_index(self, raw: str) -> int:
@@ -343,20 +403,34 @@ class Service:
 
 
 # ------------------------------------------------------------------ app
-def create_app(source: str | Path | Recommender) -> FastAPI:
-    """The API and web page for a run folder (loaded here, once) or a loaded Recommender."""
+def create_app(source: str | Path | Recommender, settings: WorkerSettings = WorkerSettings(),
+               say: Callable[[str], None] | None = None) -> FastAPI:
+    """The API and web page for a run folder (loaded here, once) or a loaded Recommender.
+
+    Its model threads start here (with the precompute, if ``settings`` asks for it) and
+    stop when the app shuts down; ``say`` gets the precompute's progress lines.
+    """
     if isinstance(source, Recommender):
         rec = source
     else:
         from bstrec.run_dir import load_run
 
         rec = Recommender(load_run(source))
-    svc = Service(rec)
+    workers = ModelWorkers(rec, settings, say).start()
+    svc = Service(rec, workers)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        workers.start()  # already running, unless an earlier shutdown stopped them
+        yield
+        workers.stop()
+
     app = FastAPI(
         title="bstrec",
         version="1",
         description="Movie recommendations from a Behavior Sequence Transformer. "
         "Ids are the data set's raw ids.",
+        lifespan=lifespan,
     )
     app.state.service = svc
     _install_error_handlers(app)
@@ -395,16 +469,22 @@ def create_app(source: str | Path | Recommender) -> FastAPI:
         responses=NOT_FOUND,
         tags=["recommendations"],
     )
-    def recommend_for_user(
+    async def recommend_for_user(
         response: Response,
         user_id: str = PathParam(max_length=64),
         k: int = Query(10, ge=1, le=MAX_K),
+        now: datetime | None = Query(
+            None,
+            description="the time of the request (ISO 8601, UTC unless it says otherwise, "
+            "or Unix seconds), not before the user's last watch. Default: the time of "
+            "their last watch, whose answer is computed once and kept.",
+        ),
     ) -> dict:
         """Top-k movies a known user has not watched, each with what drove it.
 
         The Server-Timing header says how long the request waited for the model and
-        how long the model took (ms)."""
-        return svc.for_user(user_id, k, _timing_header(response))
+        how long the model took (ms); both 0 for an answer already kept."""
+        return await svc.for_user(user_id, k, _timing_header(response), now)
 
     @app.post(
         "/recommendations",
@@ -412,11 +492,11 @@ def create_app(source: str | Path | Recommender) -> FastAPI:
         responses=ERRORS,
         tags=["recommendations"],
     )
-    def recommend_for_history(req: HistoryRequest, response: Response) -> dict:
+    async def recommend_for_history(req: HistoryRequest, response: Response) -> dict:
         """Top-k for anyone, from a list of watched movies (newest last).
 
         Server-Timing as for a known user."""
-        return svc.for_history(req, _timing_header(response))
+        return await svc.for_history(req, _timing_header(response))
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
@@ -509,6 +589,16 @@ def _plain(v):
 
 
 def _iso(ts: int) -> str:
-    from datetime import UTC, datetime
-
     return datetime.fromtimestamp(ts, tz=UTC).isoformat()
+
+
+async def _answer(job) -> Ranked:
+    """Wait for a model thread's answer without holding a thread of our own."""
+    return await asyncio.wait_for(asyncio.wrap_future(job.future), ANSWER_TIMEOUT_S)
+
+
+def _seconds(when: datetime | None) -> int | None:
+    """A request time as Unix seconds; a time without a zone is read as UTC."""
+    if when is None:
+        return None
+    return int((when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp())

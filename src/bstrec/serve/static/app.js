@@ -56,12 +56,16 @@ async function loadHealth() {
     health = await api("/health");
     $("health").textContent = `${health.model} (${health.task}) on ${health.data_set}: ` +
       `${health.n_users.toLocaleString()} users, ${health.n_movies.toLocaleString()} movies`;
+    // readable names in a natural order (occupations by name, "Under 18" first), as
+    // the server lists them; the value sent back is the data's own code
     const box = $("features");
-    for (const [name, values] of Object.entries(health.user_features)) {
-      const select = el("select", { id: `feat-${name}`, "data-feature": name },
-        el("option", { value: "" }, "any"), ...values.map((v) => el("option", { value: v }, v)));
-      box.append(el("label", { for: `feat-${name}` }, name), select);
+    for (const f of health.user_feature_choices) {
+      const select = el("select", { id: `feat-${f.name}`, "data-feature": f.name },
+        el("option", { value: "" }, "not given"),
+        ...f.choices.map((c) => el("option", { value: c.value }, c.label)));
+      box.append(el("label", { for: `feat-${f.name}` }, f.label), select);
     }
+    box.hidden = $("features-note").hidden = health.user_feature_choices.length === 0;
   } catch (err) {
     $("health").textContent = "server unreachable";
     showError(err);
@@ -102,17 +106,41 @@ function renderDraft() {
 }
 
 // ---------------------------------------------------------------- results
+// How a pick's score reads. A ranking model's score is a log-odds: only differences
+// mean something, exp(a - b) being how many times likelier the model finds pick a
+// than pick b as the next watch. So the page shows each pick's odds relative to the
+// top pick ("match"), and the raw score in the tooltip. A rating model predicts stars.
+function scoreLine(p, top, task) {
+  if (task === "rating") {
+    return el("span", { class: "score", title: `predicted rating ${p.score}` },
+      `predicted ${p.score.toFixed(1)}★`);
+  }
+  const match = Math.round(100 * Math.exp(p.score - top));
+  return el("span", { class: "score", title: `model score ${p.score} (a log-odds)` },
+    `match ${match}%`);
+}
+
+function scoreNote(res) {
+  if (!res.picks.length) return "";
+  return res.task === "rating"
+    ? "Best first, with the rating the model predicts you would give."
+    : "Best first. Match: how likely the model finds each movie as your next watch, " +
+      "compared with the first pick (100%). Hover a match for the model's raw score.";
+}
+
 function renderRecommendations(res, who) {
   $("recs-title").textContent = `Recommendations for ${who}`;
-  const label = res.task === "rating" ? "predicted stars" : "score";
+  const top = res.picks.length ? res.picks[0].score : 0;
   $("recs").replaceChildren(...res.picks.map((p) => el("li", { class: "card" },
     movieLine(p),
-    el("span", { class: "score", title: label }, `${label} ${p.score.toFixed(3)}`),
+    scoreLine(p, top, res.task),
     p.because.length
       ? el("p", { class: "because" }, "because you watched ",
         ...p.because.flatMap((b, i) => [i ? ", " : "",
           el("em", { title: `attention ${b.weight}` }, b.title)]))
       : "")));
+  $("score-note").textContent = scoreNote(res);
+  $("score-note").hidden = !res.picks.length;
   $("recs-empty").hidden = res.picks.length > 0;
   if (!res.picks.length) $("recs-empty").textContent = "Nothing left to recommend.";
   $("recent-title").textContent = res.user_id == null
@@ -121,6 +149,8 @@ function renderRecommendations(res, who) {
     movieLine(w),
     w.rating != null ? el("span", { class: "stars" }, `${w.rating}★`) : "",
     w.time ? el("span", { class: "time muted" }, w.time.slice(0, 10)) : "")));
+  // the heading shows only with something under it
+  $("recent-title").hidden = res.history.length === 0;
 }
 
 async function recommendForUser(userId) {

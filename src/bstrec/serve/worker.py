@@ -1,0 +1,208 @@
+"""The model's own threads: requests queue for them, known users are ranked when idle.
+
+Only these threads call the model (``Recommender.rank``); the app builds a request's
+query, awaits its answer and turns it into JSON (serve/app.py), so the Python work of
+a request (validation, lookups, rendering) runs beside the model, not inside its turn.
+
+- **Requests first.** A request goes to a queue; a free model thread takes the oldest.
+  The start-up precompute of known users runs one user per turn, only when the queue
+  is empty, so a request waits for at most one user's ranking (about 15 ms for the
+  default model on ml-1m-u2999) before the model is its own.
+- **One query per turn, scored alone.** Stacking concurrent queries into one forward
+  pass was measured and rejected: it saved at most a tenth of the time, cost more from
+  8 rows on, and changed a row's scores in the last bits with its batch-mates
+  (``Recommender.rank`` says why). So answers under load are exactly the answers one
+  at a time, and several model threads (``threads``) may use several cores: each runs
+  torch with one intra-op thread, on its own queries.
+- **Progress in the log**, at every tenth of the precompute and at its end.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+from bstrec.recommend import Query, Recommender
+
+log = logging.getLogger("bstrec.serve")
+
+POLL_S = 0.5  # how often an idle model thread looks up from its queue to see a stop
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    threads: int = 1  # model threads, each scoring its own queries
+    torch_threads: int = 1  # torch's intra-op threads (process-wide)
+    precompute: bool = False  # rank every known user in the background from the start
+
+    def __post_init__(self):
+        for name in ("threads", "torch_threads"):
+            if not 1 <= getattr(self, name) <= 64:
+                raise ValueError(f"{name} must be 1..64, not {getattr(self, name)}")
+
+
+@dataclass
+class Job:
+    """One request's query, its answer to come, and when it was queued and served."""
+
+    query: Query
+    future: Future = field(default_factory=Future)  # -> Ranked
+    queued: float = field(default_factory=time.perf_counter)
+    started: float = 0.0
+    finished: float = 0.0
+
+    def server_timing(self) -> str:
+        """The Server-Timing value: waiting for a model thread, and in it (ms)."""
+        return (f"queue;dur={(self.started - self.queued) * 1e3:.2f}, "
+                f"model;dur={(self.finished - self.started) * 1e3:.2f}")
+
+
+@dataclass
+class Progress:
+    """Where the background precompute stands (for /health and the log)."""
+
+    enabled: bool
+    total: int
+    done: int = 0
+    complete: bool = False
+    seconds: float = 0.0
+
+
+class ModelWorkers:
+    def __init__(self, rec: Recommender, settings: WorkerSettings = WorkerSettings(),
+                 say: Callable[[str], None] | None = None):
+        self.rec = rec
+        self.settings = settings
+        self.say = say or log.info
+        self.requests: queue.Queue[Job | None] = queue.Queue()
+        self.max_waiting = 0  # the longest queue seen (tests/serve/test_concurrency.py)
+        self._plan_lock = threading.Lock()
+        self._plan: Iterator[int] | None = None
+        self._in_flight = 0  # precompute users being ranked right now
+        n_users = rec.ds.n_users
+        self.progress = Progress(enabled=settings.precompute,
+                                 total=n_users if settings.precompute else 0)
+        self._next_report = 1
+        self._t0 = time.perf_counter()  # the precompute's clock starts with the server
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        if settings.precompute:
+            self._plan = iter(range(n_users))
+
+    # ---------------------------------------------------------------- lifecycle
+    def start(self) -> ModelWorkers:
+        if self._threads:
+            return self
+        self._stop.clear()
+        if self.settings.precompute and self._plan is not None and not self.progress.done:
+            self.say(f"precompute: ranking {self.progress.total:,} known users in the "
+                     f"background, top {self.rec.keep_top} each; requests go first")
+        for i in range(self.settings.threads):
+            t = threading.Thread(target=self._run, name=f"bstrec-model-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        for _ in self._threads:
+            self.requests.put(None)  # wakes a thread waiting for work: it sees the stop
+        for t in self._threads:
+            t.join(timeout)
+        self._threads = []
+
+    # ---------------------------------------------------------------- requests
+    def submit(self, query: Query) -> Job:
+        """Queue a query; ``job.future`` gets its answer (a Ranked) or its error."""
+        if not self._threads:
+            raise RuntimeError("the model threads are not running (ModelWorkers.start)")
+        job = Job(query)
+        self.requests.put(job)
+        self.max_waiting = max(self.max_waiting, self.requests.qsize())  # a statistic
+        return job
+
+    # ---------------------------------------------------------------- the loop
+    def _run(self) -> None:
+        import torch
+
+        # one intra-op thread (the default) per model thread: several model threads use
+        # several cores without torch's idle workers spinning against the HTTP threads
+        torch.set_num_threads(self.settings.torch_threads)
+        while not self._stop.is_set():
+            try:
+                job = self.requests.get_nowait()
+            except queue.Empty:
+                if self._precompute_one():
+                    continue
+                try:
+                    job = self.requests.get(timeout=POLL_S)
+                except queue.Empty:
+                    continue
+            if job is not None:  # None: stop() woke this thread
+                self._serve(job)
+
+    def _serve(self, job: Job) -> None:
+        job.started = time.perf_counter()
+        try:
+            ranked = self.rec.rank([job.query])[0]
+        except BaseException as e:  # the request thread re-raises it (a logged 500)
+            job.finished = time.perf_counter()
+            job.future.set_exception(e)
+            return
+        job.finished = time.perf_counter()
+        job.future.set_result(ranked)
+
+    def _precompute_one(self) -> bool:
+        """Rank the next known user not yet kept; False when there is none."""
+        with self._plan_lock:
+            if self._plan is None:
+                return False
+            u = next((u for u in self._plan if self.rec.cached(u, 1) is None), None)
+            if u is None:
+                self._plan = None
+                last = self._in_flight == 0
+            else:
+                self._in_flight += 1
+        if u is None:
+            if last:
+                self._finish()
+            return False
+        try:
+            self.rec.rank(self.rec.user_queries([u]))
+        except Exception:  # a bug: say so, and let requests compute this user on demand
+            log.exception("precompute: ranking user index %d failed", u)
+        finally:
+            with self._plan_lock:
+                self._in_flight -= 1
+                last = self._plan is None and self._in_flight == 0
+        if last:  # another model thread ran out of users while this one was busy
+            self._finish()
+        self._report()
+        return True
+
+    def _report(self) -> None:
+        p = self.progress
+        with self._plan_lock:
+            p.done = min(self.rec.n_kept, p.total)
+            p.seconds = time.perf_counter() - self._t0
+            due = p.done * 10 >= self._next_report * p.total and not p.complete
+            if due:
+                self._next_report = p.done * 10 // p.total + 1
+        if due:
+            self.say(f"precompute: {p.done:,}/{p.total:,} known users "
+                     f"({100 * p.done / p.total:.0f}%) in {p.seconds:.1f} s")
+
+    def _finish(self) -> None:
+        p = self.progress
+        with self._plan_lock:
+            if p.complete:
+                return
+            p.done, p.complete = min(self.rec.n_kept, p.total), True
+            p.seconds = time.perf_counter() - self._t0
+        self.say(f"precompute complete: {p.done:,} known users, top {self.rec.keep_top} "
+                 f"each ({self.rec.kept_bytes() / 2**20:.1f} MiB) in {p.seconds:.1f} s")
