@@ -92,7 +92,7 @@ def is_default_run(run: Path) -> tuple[bool, str]:
 
 
 def start_server(run: Path, port: int, threads: int, precompute: bool,
-                 model_threads: int) -> subprocess.Popen:
+                 model_threads: int, candidates: int | None = None) -> subprocess.Popen:
     cmd = [
         sys.executable,
         "-m",
@@ -110,6 +110,7 @@ def start_server(run: Path, port: int, threads: int, precompute: bool,
         "--precompute" if precompute else "--no-precompute",
         "--model-threads",
         str(model_threads),
+        *(["--candidates", str(candidates)] if candidates is not None else []),
     ]
     # this checkout's code, whatever copy of bstrec the environment has installed
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
@@ -232,6 +233,8 @@ def main() -> int:
                     help="runs of each N-client phase; targets are judged on the median "
                     "(a shared 2-core machine swings 2x from run to run)")
     ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--candidates", type=int, default=None,
+                    help="the server's --candidates (retrieve-then-rank)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
@@ -256,7 +259,7 @@ def main() -> int:
     rng = random.Random(args.seed)
     load_before = [round(x, 2) for x in os.getloadavg()]
     launched = time.perf_counter()
-    proc = start_server(run, port, args.threads, True, args.model_threads)
+    proc = start_server(run, port, args.threads, True, args.model_threads, args.candidates)
     results: dict[str, dict] = {}
     try:
         with httpx.Client(base_url=base, timeout=30) as http:

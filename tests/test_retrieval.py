@@ -103,3 +103,25 @@ def test_evaluate_command_retrieves_when_asked(tmp_path):
     assert out[2]["HR@10"] <= out[2]["retrieval_recall@5"] + 1e-9  # a miss ranks last
     r = CliRunner().invoke(app, ["evaluate", str(tmp_path / "r"), "--candidates", "-1"])
     assert r.exit_code == 2
+
+
+def test_recommender_retrieves_when_asked_and_keeps_the_top_picks(tmp_path):
+    from bstrec.config import RunConfig
+    from bstrec.recommend import Recommender
+    from bstrec.run_dir import load_run
+    from bstrec.train import train
+    from tests.factories import tiny_dataset
+    from tests.test_train_precision import SMALL
+
+    ds = tiny_dataset()
+    train(RunConfig().override([*SMALL, "train.epochs=1"]), ds, tmp_path / "r",
+          log=lambda _m: None)
+    full = Recommender(load_run(tmp_path / "r"))
+    assert full.candidates == 0  # a small catalogue: the whole of it by default
+    every = Recommender(load_run(tmp_path / "r"), candidates=ds.n_items)
+    few = Recommender(load_run(tmp_path / "r"), candidates=3)
+    user = ds.user_ids[0].item()
+    want = [p.movie_id for p in full.for_user(user, k=5).picks]
+    assert [p.movie_id for p in every.for_user(user, k=5).picks] == want
+    got = few.for_user(user, k=5).picks  # depth 5 > 3 candidates: 5 are retrieved
+    assert len(got) == 5 and all(p.because for p in got[:1])

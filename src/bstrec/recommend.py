@@ -23,6 +23,7 @@ import torch
 
 from bstrec.data.batches import Batch, SequenceStore, history_batch
 from bstrec.data.interactions import DataError
+from bstrec.retrieval import retrieval_size, retrieve_then_rank
 from bstrec.run_dir import LoadedRun
 
 SPACING_SECONDS = 60
@@ -115,11 +116,16 @@ class Recommender:
     ``answer_*`` never touch the model.
     """
 
-    def __init__(self, run: LoadedRun, explain_top: int = 3, keep_top: int = KEEP_TOP):
+    def __init__(self, run: LoadedRun, explain_top: int = 3, keep_top: int = KEEP_TOP,
+                 candidates: int | None = None):
+        """``candidates``: retrieve-then-rank with that many candidates per request (0:
+        score the whole catalogue; None: ``retrieval.retrieval_size``'s default, on
+        above 5,000 movies)."""
         if keep_top < 1:
             raise ValueError(f"keep_top must be at least 1, not {keep_top}")
         self.run = run
         self.model = run.model.eval()
+        self.candidates = retrieval_size(self.model, candidates)
         if hasattr(self.model, "freeze_catalog"):
             self.model.freeze_catalog()  # the candidate side is the same for every request
         ds = run.dataset
@@ -238,7 +244,13 @@ class Recommender:
         """
         out = []
         for q in queries:
-            scores = self.model.score_all(q.batch)[0]
+            if self.candidates:
+                seen = torch.zeros(1, self.ds.n_items, dtype=torch.bool)
+                seen[0, torch.as_tensor(q.seen, dtype=torch.long)] = True
+                scores = retrieve_then_rank(self.model, q.batch,
+                                            max(self.candidates, q.depth), seen)[0][0]
+            else:
+                scores = self.model.score_all(q.batch)[0]
             ranked = self._explain(q.batch, *self._top(scores, q.seen, q.depth))
             if q.keep and q.user is not None:
                 self._kept[q.user] = ranked  # one dict store: safe for readers

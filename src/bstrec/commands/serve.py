@@ -46,6 +46,13 @@ def serve(
         help="picks kept per known user once computed; a request for more is computed "
         "on demand",
     ),
+    candidates: int = typer.Option(
+        None,
+        "--candidates",
+        min=0,
+        help="retrieve this many movies per request with the model's cheap stage and rank "
+        "only those (0: the whole catalogue; default: 200 above 5,000 movies, else 0)",
+    ),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level"),
     precompute: bool = typer.Option(
         True,
@@ -78,7 +85,7 @@ def serve(
         from bstrec.serve.worker import WorkerSettings
 
         t0 = time.perf_counter()
-        rec = Recommender(load_run(run_dir), keep_top=keep_top)
+        rec = Recommender(load_run(run_dir), keep_top=keep_top, candidates=candidates)
         say(f"loaded {run_dir} in {time.perf_counter() - t0:.1f} s: {rec.ds.n_users:,} users, "
             f"{rec.ds.n_items:,} movies")
         # the server answers from here on; known users are ranked in the background
