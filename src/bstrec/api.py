@@ -34,6 +34,7 @@ from bstrec.config import RunConfig
 from bstrec.data.interactions import DataError, Dataset
 from bstrec.errors import ArgumentError
 from bstrec.results import Contribution, Explanation, Recommendations
+from bstrec.values import plain
 
 Log = Callable[[str], None]
 
@@ -295,7 +296,7 @@ class Run:
             u = rec.user_index(user)
             batch = rec.store.batch_for_users(torch.tensor([u]), rec.max_len)
             seen = ds.item[int(ds.user_offsets[u]):int(ds.user_offsets[u + 1])]
-            user_id = _plain(ds.user_ids[u])
+            user_id = plain(ds.user_ids[u])
         else:
             seen = rec.item_indexes(_id_list(history))
             # the batch Recommender.for_history builds (a test checks the scores agree):
@@ -369,14 +370,11 @@ def _id_list(history) -> list:
     if isinstance(history, str | bytes):
         raise ArgumentError("history: a list of movie ids, e.g. [1193, 661, 914], not a "
                             "string")
-    ids = [_plain(i) for i in history]
+    ids = [plain(i) for i in history]
     if not ids:
         raise ArgumentError("history: give at least one movie id")
     return ids
 
-
-def _plain(raw):
-    return raw.item() if hasattr(raw, "item") else raw
 
 
 def _read_json(path: Path) -> dict:

@@ -46,6 +46,7 @@ from bstrec.atomic import atomic_write_text
 from bstrec.data.batches import GAP_BUCKETS, Batch, SequenceStore, gap_bucket, history_batch
 from bstrec.models.item_pairs import DENSE_MAX_ITEMS, ItemPairs
 from bstrec.run_dir import LoadedRun
+from bstrec.values import plain
 
 TOLERANCE = 1e-4  # largest |ONNX Runtime - PyTorch| score difference accepted
 SIDECAR_VERSION = 1
@@ -359,7 +360,7 @@ def sidecar_spec(run: LoadedRun, onnx_path: Path, result: OnnxExport,
         "max_len": cfg.data.max_len,
         "now": "the time of the newest watch of the history (protocol R); a typed-in "
                "history without times: watches one minute apart, the newest now",
-        "item_ids": [_plain(i) for i in ds.item_ids.tolist()],
+        "item_ids": [plain(i) for i in ds.item_ids.tolist()],
         "item_titles": ds.item_titles.tolist(),
         "user_features": {n: ds.user_vocab[n] for n in run.user_feature_names},
         "gap_thresholds_seconds": gap_thresholds(),
@@ -369,9 +370,6 @@ def sidecar_spec(run: LoadedRun, onnx_path: Path, result: OnnxExport,
                    if k in ("export_seconds", "size_bytes")},
     }
 
-
-def _plain(v):
-    return v.item() if hasattr(v, "item") else v
 
 
 def _version(package: str) -> str | None:

@@ -14,9 +14,7 @@ query's answer is the same bits whatever else was queued with it (see ``rank``).
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
-from datetime import UTC, datetime
 
 import numpy as np
 import torch
@@ -25,6 +23,7 @@ from bstrec.data.batches import Batch, SequenceStore, history_batch
 from bstrec.data.interactions import DataError
 from bstrec.retrieval import retrieval_size, retrieve_then_rank
 from bstrec.run_dir import LoadedRun
+from bstrec.values import iso_time, plain, plain_id
 
 SPACING_SECONDS = 60
 # Known users' answers are kept to this depth (top picks, their scores and reasons, a
@@ -145,7 +144,7 @@ class Recommender:
         ds = self.ds
         year = int(ds.item_year[idx])
         return MovieInfo(
-            movie_id=_raw(ds.item_ids[idx]),
+            movie_id=plain(ds.item_ids[idx]),
             title=str(ds.item_titles[idx]),
             year=year or None,
             genres=[g for g, on in zip(ds.genre_names, ds.item_genres[idx], strict=True) if on],
@@ -200,8 +199,8 @@ class Recommender:
         """A known user's query: ranked to ``keep_top`` (and then kept) when k fits and
         "now" is the default, else to k, computed for this request only."""
         if now is not None and now < self.last_watch(u):
-            raise DataError(f"now: {_iso(now)} is before this user's last watch "
-                            f"({_iso(self.last_watch(u))})")
+            raise DataError(f"now: {iso_time(now)} is before this user's last watch "
+                            f"({iso_time(self.last_watch(u))})")
         keep = now is None and k <= self.keep_top
         time = None if now is None else torch.tensor([now], dtype=torch.long)
         batch = self.store.batch_for_users(torch.tensor([u]), self.max_len, time)
@@ -319,7 +318,7 @@ class Recommender:
 
     def answer_user(self, u: int, ranked: Ranked, k: int,
                     history_shown: int = 10) -> Recommendations:
-        return Recommendations(_raw(self.ds.user_ids[u]), self.picks(ranked, k),
+        return Recommendations(plain(self.ds.user_ids[u]), self.picks(ranked, k),
                                self._history(u, history_shown), self.model.task)
 
     def answer_history(self, query: Query, ranked: Ranked, k: int) -> Recommendations:
@@ -330,7 +329,7 @@ class Recommender:
         lo, hi = int(self.ds.user_offsets[u]), int(self.ds.user_offsets[u + 1])
         return [
             Watched(**self._fields(int(self.ds.item[r])),
-                    rating=_rating(self.ds.rating[r]), time=_iso(self.ds.timestamp[r]))
+                    rating=_rating(self.ds.rating[r]), time=iso_time(self.ds.timestamp[r]))
             for r in range(hi - 1, max(lo, hi - shown) - 1, -1)
         ]
 
@@ -351,14 +350,6 @@ class Recommender:
         return self.answer_history(query, self.rank([query])[0], k)
 
 
-def plain_id(raw):
-    """A raw id as JSON should show it: a number when it is one ('42' and np.int64(42)
-    -> 42), else the text as given ('zz')."""
-    raw = raw.item() if hasattr(raw, "item") else raw
-    if isinstance(raw, str) and re.fullmatch(r"-?[0-9]+", raw) and str(int(raw)) == raw:
-        return int(raw)
-    return raw
-
 
 def _plain_dict(obj):
     """``dataclasses.asdict`` for these answers (dataclasses, lists, plain values),
@@ -370,14 +361,6 @@ def _plain_dict(obj):
     return obj
 
 
-def _raw(v):
-    v = v.item() if hasattr(v, "item") else v
-    return v
-
 
 def _rating(r) -> float | None:
     return None if np.isnan(r) else float(r)
-
-
-def _iso(ts) -> str:
-    return datetime.fromtimestamp(int(ts), tz=UTC).isoformat()

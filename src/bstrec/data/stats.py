@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import numpy as np
 
 from bstrec.data.interactions import Dataset
+from bstrec.values import iso_time
 
 
 def describe(ds: Dataset) -> dict:
@@ -18,7 +17,7 @@ def describe(ds: Dataset) -> dict:
         "movies": int(ds.n_items),
         "interactions": int(ds.n_interactions),
         "density": float(ds.n_interactions / max(1, ds.n_users * ds.n_items)),
-        "time_range": [_iso(ds.timestamp.min()), _iso(ds.timestamp.max())]
+        "time_range": [iso_time(ds.timestamp.min()), iso_time(ds.timestamp.max())]
         if ds.n_interactions
         else None,
         "sequence_length_percentiles": {
@@ -31,7 +30,3 @@ def describe(ds: Dataset) -> dict:
         values, counts = np.unique(ds.rating, return_counts=True)
         out["ratings_histogram"] = {f"{v:g}": int(c) for v, c in zip(values, counts, strict=True)}
     return out
-
-
-def _iso(ts) -> str:
-    return datetime.fromtimestamp(int(ts), tz=UTC).isoformat()

@@ -38,9 +38,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bstrec.data.interactions import DataError
-from bstrec.recommend import Ranked, Recommender, UnknownIdError, plain_id
+from bstrec.recommend import Ranked, Recommender, UnknownIdError
 from bstrec.serve.labels import choices, feature_label
 from bstrec.serve.worker import ModelWorkers, WorkerSettings
+from bstrec.values import iso_time, plain, plain_id
 
 log = logging.getLogger("bstrec.serve")
 
@@ -278,12 +279,12 @@ class Service:
             {
                 **self.rec.movie(int(ds.item[r])).__dict__,
                 "rating": None if np.isnan(ds.rating[r]) else float(ds.rating[r]),
-                "time": _iso(int(ds.timestamp[r])),
+                "time": iso_time(int(ds.timestamp[r])),
             }
             for r in rows
         ]
         return {
-            "user_id": _plain(ds.user_ids[u]),
+            "user_id": plain(ds.user_ids[u]),
             "n_ratings": hi - lo,
             "features": features,
             "history": history,
@@ -584,12 +585,6 @@ def _timing_header(response: Response) -> Callable[[str], None]:
     return set_header
 
 
-def _plain(v):
-    return v.item() if hasattr(v, "item") else v
-
-
-def _iso(ts: int) -> str:
-    return datetime.fromtimestamp(ts, tz=UTC).isoformat()
 
 
 async def _answer(job) -> Ranked:
