@@ -249,11 +249,15 @@ class Run:
                             now="target" if paper else "last-input", candidates=candidates)
 
     # ------------------------------------------------------------ recommendations
-    def recommender(self):
-        """The ``recommend.Recommender`` over this run (built once, then reused)."""
-        if self._recommender is None:
-            from bstrec.recommend import Recommender
+    def recommender(self, **settings):
+        """The ``recommend.Recommender`` over this run (built once, then reused).
+        ``settings`` (``keep_top``, ``candidates``, ``explain_top``) build one of its
+        own, as `bstrec serve` does."""
+        from bstrec.recommend import Recommender
 
+        if settings:
+            return Recommender(self.loaded, **settings)
+        if self._recommender is None:
             self._recommender = Recommender(self.loaded)
         return self._recommender
 

@@ -80,12 +80,11 @@ def serve(
     torch.set_num_threads(threads)
     # RuntimeError: weights that do not fit this version's model (torch's message says how)
     with fail_cleanly((ValueError, RuntimeError)):
-        from bstrec.recommend import Recommender
-        from bstrec.run_dir import load_run
+        from bstrec.api import load_run
         from bstrec.serve.worker import WorkerSettings
 
         t0 = time.perf_counter()
-        rec = Recommender(load_run(run_dir), keep_top=keep_top, candidates=candidates)
+        rec = load_run(run_dir).recommender(keep_top=keep_top, candidates=candidates)
         say(f"loaded {run_dir} in {time.perf_counter() - t0:.1f} s: {rec.ds.n_users:,} users, "
             f"{rec.ds.n_items:,} movies")
         # the server answers from here on; known users are ranked in the background
