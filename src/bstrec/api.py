@@ -195,7 +195,8 @@ class Run:
 
     @property
     def model(self):
-        """The trained torch module (eval mode), following ``models/base.py``'s contract."""
+        """The trained torch module (eval mode), following the contract of
+        ``models.base.ScoringModel``."""
         return self.loaded.model
 
     @property

@@ -33,7 +33,7 @@ from torch import nn
 
 from bstrec.config import ModelConfig
 from bstrec.data.batches import GAP_BUCKETS, Batch
-from bstrec.models.base import Recommender
+from bstrec.models.base import ScoringModel
 from bstrec.models.cooccurrence import CooccurrenceScorer
 from bstrec.models.sasrec import SASRec, softmax_candidates
 
@@ -157,7 +157,7 @@ class Block(nn.Module):
         return self.finish(x, self.merge(out)), att
 
 
-class BST(Recommender):
+class BST(ScoringModel):
     def __init__(self, cfg: ModelConfig, cat: CatalogFeatures, max_len: int):
         super().__init__()
         self.cfg = cfg
