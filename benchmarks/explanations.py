@@ -80,8 +80,8 @@ def main() -> None:
     model = run.model
     print(json.dumps({"method": "model", **measure(Recommender(run), users, args.k, pairs,
                                                     ds)}), flush=True)
-    if hasattr(model, "_score"):
-        model.explain = lambda b, c: model._score(b, c, want_attention=True)[1]
+    if hasattr(model, "attention"):  # BST
+        model.explain = model.attention
         print(json.dumps({"method": "attention", **measure(Recommender(run), users, args.k,
                                                             pairs, ds)}), flush=True)
 
