@@ -47,12 +47,16 @@ class Recommendation(Movie):
     """One recommended movie. ``score``: higher is better (ranking), or predicted
     stars (rating); ``because``: the watched movies that weighed most, highest first."""
 
-    score: float = field(metadata=_doc(
-        "model score, higher is better: for a ranking model a log-odds whose differences "
-        "matter (exp(a - b) is how many times likelier the model thinks pick a is watched "
-        "next than pick b), not its level; predicted stars for a rating model"))
+    score: float = field(
+        metadata=_doc(
+            "model score, higher is better: for a ranking model a log-odds whose differences "
+            "matter (exp(a - b) is how many times likelier the model thinks pick a is watched "
+            "next than pick b), not its level; predicted stars for a rating model"
+        )
+    )
     because: tuple[Reason, ...] = field(
-        default=(), metadata=_doc("the watched movies that drove this pick"))
+        default=(), metadata=_doc("the watched movies that drove this pick")
+    )
 
 
 @dataclass(frozen=True)
@@ -61,8 +65,7 @@ class Watched(Movie):
     for a data set's own users, None for a typed-in history."""
 
     rating: float | None = None
-    time: str | None = field(default=None,
-                             metadata=_doc("ISO 8601, UTC; null for a typed history"))
+    time: str | None = field(default=None, metadata=_doc("ISO 8601, UTC; null for a typed history"))
 
 
 class Recommendations(list):
@@ -70,8 +73,14 @@ class Recommendations(list):
     ``user_id`` (None for a typed-in history), ``history`` (recent watches, newest
     first) and ``task``."""
 
-    def __init__(self, picks: list[Recommendation], *, user_id: RawId | None,
-                 history: list[Watched], task: str):
+    def __init__(
+        self,
+        picks: list[Recommendation],
+        *,
+        user_id: RawId | None,
+        history: list[Watched],
+        task: str,
+    ):
         super().__init__(picks)
         self.user_id = user_id
         self.history = list(history)
@@ -80,19 +89,32 @@ class Recommendations(list):
     def to_dict(self) -> dict[str, Any]:
         """What ``bstrec recommend --json`` prints and the HTTP API answers: the
         records as ``dataclasses.asdict`` gives them."""
-        return {"user_id": self.user_id, "picks": [_plain(p) for p in self],
-                "history": [_plain(w) for w in self.history], "task": self.task}
+        return {
+            "user_id": self.user_id,
+            "picks": [_plain(p) for p in self],
+            "history": [_plain(w) for w in self.history],
+            "task": self.task,
+        }
 
     def to_pandas(self):
         """One row per movie: rank, movie_id, title, year, genres, score and because
         (the reasons' titles, "; "-separated)."""
         pd = _pandas()
-        return pd.DataFrame([
-            {"rank": i, "movie_id": p.movie_id, "title": p.title, "year": p.year,
-             "genres": "|".join(p.genres), "score": p.score,
-             "because": "; ".join(b.title for b in p.because)}
-            for i, p in enumerate(self, 1)
-        ], columns=["rank", "movie_id", "title", "year", "genres", "score", "because"])
+        return pd.DataFrame(
+            [
+                {
+                    "rank": i,
+                    "movie_id": p.movie_id,
+                    "title": p.title,
+                    "year": p.year,
+                    "genres": "|".join(p.genres),
+                    "score": p.score,
+                    "because": "; ".join(b.title for b in p.because),
+                }
+                for i, p in enumerate(self, 1)
+            ],
+            columns=["rank", "movie_id", "title", "year", "genres", "score", "because"],
+        )
 
     def __repr__(self) -> str:
         who = f"user {self.user_id}" if self.user_id is not None else "a history"
@@ -135,8 +157,10 @@ class Explanation:
     def to_pandas(self):
         """One row per contribution: movie_id, title, watches_ago, weight."""
         pd = _pandas()
-        return pd.DataFrame([asdict(c) for c in self.contributions],
-                            columns=["movie_id", "title", "watches_ago", "weight"])
+        return pd.DataFrame(
+            [asdict(c) for c in self.contributions],
+            columns=["movie_id", "title", "watches_ago", "weight"],
+        )
 
 
 def _plain(obj):

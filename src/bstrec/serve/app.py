@@ -61,10 +61,8 @@ RawId = int | Annotated[str, Field(min_length=1, max_length=64)]
 class MovieStats(Movie):
     """A movie with its popularity in the training data."""
 
-    n_ratings: int = field(metadata={"description": "ratings in the training data "
-                                                    "(popularity)"})
-    mean_rating: float | None = field(metadata={"description": "mean stars; null without "
-                                                               "ratings"})
+    n_ratings: int = field(metadata={"description": "ratings in the training data (popularity)"})
+    mean_rating: float | None = field(metadata={"description": "mean stars; null without ratings"})
 
 
 class MovieSearch(BaseModel):
@@ -138,7 +136,6 @@ class Health(BaseModel):
         "age groups youngest first); send the value"
     )
     precompute: Precompute
-
 
 
 FeatureValue = int | Annotated[str, Field(max_length=64)]
@@ -226,9 +223,14 @@ class Service:
     def movie(self, idx: int) -> MovieStats:
         m = self.rec.movie(idx)
         mean = self.mean_rating[idx]
-        return MovieStats(m.movie_id, m.title, m.year, m.genres,
-                          n_ratings=int(self.n_ratings[idx]),
-                          mean_rating=None if np.isnan(mean) else round(float(mean), 3))
+        return MovieStats(
+            m.movie_id,
+            m.title,
+            m.year,
+            m.genres,
+            n_ratings=int(self.n_ratings[idx]),
+            mean_rating=None if np.isnan(mean) else round(float(mean), 3),
+        )
 
     def movie_index(self, raw: str) -> int:
         idx = self.rec.item_pos.get(str(raw))
@@ -271,8 +273,7 @@ class Service:
             "history": self.rec.history(u, limit),
         }
 
-    async def for_user(self, raw: str, k: int, timing=None,
-                       now: datetime | None = None) -> dict:
+    async def for_user(self, raw: str, k: int, timing=None, now: datetime | None = None) -> dict:
         u = self._user_index(raw)
         # a known user's answer is kept once computed (in the background from the start,
         # or by an earlier request): no turn at the model then
@@ -306,8 +307,7 @@ class Service:
             )
         features = self._features(req.user)
         try:
-            query = self.rec.history_query(list(req.history), req.k, features,
-                                           _seconds(req.now))
+            query = self.rec.history_query(list(req.history), req.k, features, _seconds(req.now))
         except UnknownIdError as e:  # checked above; kept for a race-free guarantee
             raise ApiError(422, str(e), "history", list(e.ids)) from None
         except DataError as e:
@@ -334,8 +334,11 @@ class Service:
             "max_history": MAX_HISTORY,
             "user_features": {n: list(ds.user_vocab[n][1:]) for n in run.user_feature_names},
             "user_feature_choices": [
-                {"name": n, "label": feature_label(n),
-                 "choices": choices(n, list(ds.user_vocab[n][1:]), ds.name)}
+                {
+                    "name": n,
+                    "label": feature_label(n),
+                    "choices": choices(n, list(ds.user_vocab[n][1:]), ds.name),
+                }
                 for n in run.user_feature_names
             ],
             "precompute": {
@@ -385,8 +388,11 @@ class Service:
 
 
 # ------------------------------------------------------------------ app
-def create_app(source: str | Path | Recommender, settings: WorkerSettings = WorkerSettings(),
-               say: Callable[[str], None] | None = None) -> FastAPI:
+def create_app(
+    source: str | Path | Recommender,
+    settings: WorkerSettings = WorkerSettings(),
+    say: Callable[[str], None] | None = None,
+) -> FastAPI:
     """The API and web page for a run folder (loaded here, once) or a loaded Recommender.
 
     Its model threads start here (with the precompute, if ``settings`` asks for it) and
@@ -564,8 +570,6 @@ def _timing_header(response: Response) -> Callable[[str], None]:
         response.headers["Server-Timing"] = value
 
     return set_header
-
-
 
 
 async def _answer(job) -> Ranked:

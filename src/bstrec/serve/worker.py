@@ -58,8 +58,10 @@ class Job:
 
     def server_timing(self) -> str:
         """The Server-Timing value: waiting for a model thread, and in it (ms)."""
-        return (f"queue;dur={(self.started - self.queued) * 1e3:.2f}, "
-                f"model;dur={(self.finished - self.started) * 1e3:.2f}")
+        return (
+            f"queue;dur={(self.started - self.queued) * 1e3:.2f}, "
+            f"model;dur={(self.finished - self.started) * 1e3:.2f}"
+        )
 
 
 @dataclass
@@ -80,8 +82,12 @@ class ModelWorkers:
     read ``progress`` (a consistent copy). Kept answers are the Recommender's
     (``cached``, ``n_kept``)."""
 
-    def __init__(self, rec: Recommender, settings: WorkerSettings = WorkerSettings(),
-                 say: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        rec: Recommender,
+        settings: WorkerSettings = WorkerSettings(),
+        say: Callable[[str], None] | None = None,
+    ):
         self.rec = rec
         self.settings = settings
         self.say = say or log.info
@@ -91,8 +97,9 @@ class ModelWorkers:
         self._plan: Iterator[int] | None = None
         self._in_flight = 0  # precompute users being ranked right now
         n_users = rec.ds.n_users
-        self._progress = Progress(enabled=settings.precompute,
-                                  total=n_users if settings.precompute else 0)
+        self._progress = Progress(
+            enabled=settings.precompute, total=n_users if settings.precompute else 0
+        )
         self._next_report = 1
         self._t0 = time.perf_counter()  # the precompute's clock starts with the server
         self._stop = threading.Event()
@@ -106,8 +113,10 @@ class ModelWorkers:
             return self
         self._stop.clear()
         if self.settings.precompute and self._plan is not None and not self.progress.done:
-            self.say(f"precompute: ranking {self.progress.total:,} known users in the "
-                     f"background, top {self.rec.keep_top} each; requests go first")
+            self.say(
+                f"precompute: ranking {self.progress.total:,} known users in the "
+                f"background, top {self.rec.keep_top} each; requests go first"
+            )
         for i in range(self.settings.threads):
             t = threading.Thread(target=self._run, name=f"bstrec-model-{i}", daemon=True)
             t.start()
@@ -207,8 +216,10 @@ class ModelWorkers:
                 self._next_report = p.done * 10 // p.total + 1
             p = replace(p)
         if due:
-            self.say(f"precompute: {p.done:,}/{p.total:,} known users "
-                     f"({100 * p.done / p.total:.0f}%) in {p.seconds:.1f} s")
+            self.say(
+                f"precompute: {p.done:,}/{p.total:,} known users "
+                f"({100 * p.done / p.total:.0f}%) in {p.seconds:.1f} s"
+            )
 
     def _finish(self) -> None:
         with self._plan_lock:
@@ -218,5 +229,7 @@ class ModelWorkers:
             p.done, p.complete = min(self.rec.n_kept, p.total), True
             p.seconds = time.perf_counter() - self._t0
             p = replace(p)
-        self.say(f"precompute complete: {p.done:,} known users, top {self.rec.keep_top} "
-                 f"each ({self.rec.kept_bytes() / 2**20:.1f} MiB) in {p.seconds:.1f} s")
+        self.say(
+            f"precompute complete: {p.done:,} known users, top {self.rec.keep_top} "
+            f"each ({self.rec.kept_bytes() / 2**20:.1f} MiB) in {p.seconds:.1f} s"
+        )
