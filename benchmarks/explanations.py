@@ -39,9 +39,9 @@ def measure(rec: Recommender, users: list, k: int, pairs: set, ds) -> dict:
     distinct, picks_n, genre_hits, pair_hits, either, reasons_n = 0, 0, 0, 0, 0, 0
     for u in users:
         out = rec.for_user(u, k=k)
-        firsts = [p.because[0].movie_id for p in out.picks if p.because]
+        firsts = [p.because[0].movie_id for p in out if p.because]
         common = Counter(firsts).most_common(1)[0][0] if firsts else None
-        for p in out.picks:
+        for p in out:
             if not p.because:
                 continue
             picks_n += 1
@@ -80,8 +80,8 @@ def main() -> None:
     model = run.model
     print(json.dumps({"method": "model", **measure(Recommender(run), users, args.k, pairs,
                                                     ds)}), flush=True)
-    if hasattr(model, "_score"):
-        model.explain = lambda b, c: model._score(b, c, want_attention=True)[1]
+    if hasattr(model, "attention"):  # BST
+        model.explain = model.attention
         print(json.dumps({"method": "attention", **measure(Recommender(run), users, args.k,
                                                             pairs, ds)}), flush=True)
 

@@ -8,7 +8,7 @@ import torch
 from bstrec.data.batches import SequenceStore
 from bstrec.data.splits import leave_one_out
 from bstrec.evaluate import evaluate_ranking, evaluate_rating, ranking_metrics, target_ranks
-from bstrec.models.base import Recommender
+from bstrec.models.base import ScoringModel
 from tests.factories import tiny_dataset
 
 
@@ -33,7 +33,7 @@ def test_ranking_metrics_values():
     assert math.isclose(m["MRR"], (1 + 1 / 2 + 1 / 10 + 1 / 11 + 1 / 51) / 5)
 
 
-class Oracle(Recommender):
+class Oracle(ScoringModel):
     """Knows the answer: scores the true next item of each row highest."""
 
     def __init__(self, n_items, answer):
@@ -45,7 +45,7 @@ class Oracle(Recommender):
         return (cands == batch.target[:, None]).float()
 
 
-class Constant(Recommender):
+class Constant(ScoringModel):
     def __init__(self, n_items):
         super().__init__()
         self.n_items = n_items

@@ -35,12 +35,12 @@ def test_known_user_gets_unseen_movies_with_titles_and_reasons(run_dir):
     res = rec.for_user(raw_user, k=5)
     u = 3
     seen = set(ds.item_ids[ds.item[ds.user_offsets[u]:ds.user_offsets[u + 1]]].tolist())
-    assert len(res.picks) == 5
-    assert not seen & {p.movie_id for p in res.picks}
-    assert all(p.title.startswith("Movie ") for p in res.picks)
-    scores = [p.score for p in res.picks]
+    assert len(res) == 5
+    assert not seen & {p.movie_id for p in res}
+    assert all(p.title.startswith("Movie ") for p in res)
+    scores = [p.score for p in res]
     assert scores == sorted(scores, reverse=True)
-    for p in res.picks:
+    for p in res:
         assert 1 <= len(p.because) <= 3
         assert {b.movie_id for b in p.because} <= seen
     assert res.history[0].movie_id == int(ds.item_ids[ds.item[ds.user_offsets[u + 1] - 1]])
@@ -51,8 +51,8 @@ def test_history_recommendations_exclude_the_history(run_dir):
     rec = Recommender(load_run(out))
     hist = [int(x) for x in ds.item_ids[:4]]
     res = rec.for_history(hist, k=7, user_features={"gender": "F"})
-    assert len(res.picks) == 7
-    assert not set(hist) & {p.movie_id for p in res.picks}
+    assert len(res) == 7
+    assert not set(hist) & {p.movie_id for p in res}
     assert [h.movie_id for h in res.history] == hist[::-1]
 
 
@@ -157,6 +157,6 @@ def test_request_time_moves_the_answer_and_is_checked(run_dir):
     raw = int(ds.user_ids[2])
     later = rec.for_user(raw, k=5, now=rec.last_watch(2) + 3 * 365 * 86400)
     assert rec.n_kept == 0, "an answer for another time is not the user's kept one"
-    assert [p.score for p in later.picks] != [p.score for p in rec.for_user(raw, k=5).picks]
+    assert [p.score for p in later] != [p.score for p in rec.for_user(raw, k=5)]
     with pytest.raises(DataError, match="before this user's last watch"):
         rec.for_user(raw, k=5, now=rec.last_watch(2) - 1)

@@ -121,7 +121,7 @@ def test_recommender_retrieves_when_asked_and_keeps_the_top_picks(tmp_path):
     every = Recommender(load_run(tmp_path / "r"), candidates=ds.n_items)
     few = Recommender(load_run(tmp_path / "r"), candidates=3)
     user = ds.user_ids[0].item()
-    want = [p.movie_id for p in full.for_user(user, k=5).picks]
-    assert [p.movie_id for p in every.for_user(user, k=5).picks] == want
-    got = few.for_user(user, k=5).picks  # depth 5 > 3 candidates: 5 are retrieved
+    want = [p.movie_id for p in full.for_user(user, k=5)]
+    assert [p.movie_id for p in every.for_user(user, k=5)] == want
+    got = few.for_user(user, k=5)  # depth 5 > 3 candidates: 5 are retrieved
     assert len(got) == 5 and all(p.because for p in got[:1])

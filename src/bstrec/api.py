@@ -195,7 +195,8 @@ class Run:
 
     @property
     def model(self):
-        """The trained torch module (eval mode), following ``models/base.py``'s contract."""
+        """The trained torch module (eval mode), following the contract of
+        ``models.base.ScoringModel``."""
         return self.loaded.model
 
     @property
@@ -276,10 +277,8 @@ class Run:
             if user_features is not None:
                 raise ArgumentError("user_features go with a history; a known user's "
                                     "features come from the data")
-            return Recommendations.from_internal(rec.for_user(user, k))
-        ids = _id_list(history)
-        return Recommendations.from_internal(
-            rec.for_history(ids, k, user_features=dict(user_features or {})))
+            return rec.for_user(user, k)
+        return rec.for_history(_id_list(history), k, user_features=dict(user_features or {}))
 
     def explain(self, user=None, *, movie, history: Iterable | None = None,
                 user_features: Mapping[str, str] | None = None) -> Explanation:

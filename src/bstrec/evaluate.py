@@ -14,7 +14,7 @@ import torch
 
 from bstrec.data.batches import SequenceStore
 from bstrec.data.splits import ranges
-from bstrec.models.base import Recommender
+from bstrec.models.base import ScoringModel
 from bstrec.retrieval import retrieve_then_rank
 
 
@@ -68,7 +68,7 @@ def ranking_metrics(ranks: np.ndarray) -> dict[str, float]:
 
 
 @torch.no_grad()
-def evaluate_ranking(model: Recommender, store: SequenceStore, target_rows: np.ndarray,
+def evaluate_ranking(model: ScoringModel, store: SequenceStore, target_rows: np.ndarray,
                      max_len: int, batch_size: int | None = None, device="cpu",
                      now: str = "last-input", candidates: int = 0) -> dict:
     """Protocol R (or R-paper with ``now="target"``) over the given target rows.
@@ -117,7 +117,7 @@ def evaluate_ranking(model: Recommender, store: SequenceStore, target_rows: np.n
 
 
 @torch.no_grad()
-def evaluate_rating(model: Recommender, store: SequenceStore, target_rows: np.ndarray,
+def evaluate_rating(model: ScoringModel, store: SequenceStore, target_rows: np.ndarray,
                     max_len: int, batch_size: int = 2048, device="cpu",
                     hist_limit: np.ndarray | None = None, protocol: str = "T") -> dict:
     """Protocol T (or S with ``hist_limit``): RMSE and MAE in stars."""

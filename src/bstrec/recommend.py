@@ -14,13 +14,15 @@ query's answer is the same bits whatever else was queued with it (see ``rank``).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
 
 from bstrec.data.batches import Batch, SequenceStore, history_batch
 from bstrec.data.interactions import DataError
+from bstrec.results import Movie, Reason, Recommendation, Recommendations, Watched
 from bstrec.retrieval import retrieval_size, retrieve_then_rank
 from bstrec.run_dir import LoadedRun
 from bstrec.values import iso_time, plain, plain_id
@@ -30,6 +32,7 @@ SPACING_SECONDS = 60
 # few kB per user whatever the catalogue size). A request for more is computed on
 # demand and not kept. 50 is the deepest list the web page offers.
 KEEP_TOP = 50
+M = TypeVar("M", bound=Movie)
 
 
 class UnknownIdError(DataError):
@@ -39,42 +42,6 @@ class UnknownIdError(DataError):
         self.kind, self.ids = kind, [plain_id(i) for i in ids]
         shown = ", ".join(str(i) for i in ids[:10])
         super().__init__(f"unknown {kind} id{'s' if len(ids) > 1 else ''}: {shown}")
-
-
-@dataclass
-class MovieInfo:
-    movie_id: int | str
-    title: str
-    year: int | None
-    genres: list[str]
-
-
-@dataclass
-class Because(MovieInfo):
-    weight: float = 0.0
-
-
-@dataclass
-class Pick(MovieInfo):
-    score: float = 0.0
-    because: list[Because] = field(default_factory=list)
-
-
-@dataclass
-class Watched(MovieInfo):
-    rating: float | None = None
-    time: str | None = None
-
-
-@dataclass
-class Recommendations:
-    user_id: int | str | None
-    picks: list[Pick]
-    history: list[Watched]
-    task: str
-
-    def to_dict(self) -> dict:
-        return _plain_dict(self)
 
 
 @dataclass(frozen=True)
@@ -101,8 +68,9 @@ class Ranked:
 
     @property
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in (self.items, self.scores, self.reason_items,
-                                      self.reason_weights))
+        return sum(
+            a.nbytes for a in (self.items, self.scores, self.reason_items, self.reason_weights)
+        )
 
 
 class Recommender:
@@ -115,8 +83,13 @@ class Recommender:
     ``answer_*`` never touch the model.
     """
 
-    def __init__(self, run: LoadedRun, explain_top: int = 3, keep_top: int = KEEP_TOP,
-                 candidates: int | None = None):
+    def __init__(
+        self,
+        run: LoadedRun,
+        explain_top: int = 3,
+        keep_top: int = KEEP_TOP,
+        candidates: int | None = None,
+    ):
         """``candidates``: retrieve-then-rank with that many candidates per request (0:
         score the whole catalogue; None: ``retrieval.retrieval_size``'s default, on
         above 5,000 movies)."""
@@ -137,26 +110,24 @@ class Recommender:
         self.keep_top = keep_top
         self._kept: dict[int, Ranked] = {}  # known user index -> top keep_top picks
         self.last_time = int(ds.timestamp.max()) if len(ds.timestamp) else 0
-        self._movie_fields: list[dict | None] = [None] * ds.n_items
+        # every answer names 10 to 50 movies: each is looked up once, then shared by
+        # every answer that names it (the records are frozen)
+        self._movies: list[Movie | None] = [None] * ds.n_items
 
     # ---------------------------------------------------------------- lookups
-    def movie(self, idx: int) -> MovieInfo:
-        ds = self.ds
-        year = int(ds.item_year[idx])
-        return MovieInfo(
-            movie_id=plain(ds.item_ids[idx]),
-            title=str(ds.item_titles[idx]),
-            year=year or None,
-            genres=[g for g, on in zip(ds.genre_names, ds.item_genres[idx], strict=True) if on],
-        )
-
-    def _fields(self, idx: int) -> dict:
-        """``movie(idx)`` as keyword arguments, built once per movie: every answer
-        names 10 to 50 of them: a cached answer renders in a third of the time."""
-        cached = self._movie_fields[idx]
-        if cached is None:
-            cached = self._movie_fields[idx] = asdict(self.movie(idx))
-        return {**cached, "genres": list(cached["genres"])}  # a list of the caller's own
+    def movie(self, idx: int) -> Movie:
+        movie = self._movies[idx]
+        if movie is None:
+            ds = self.ds
+            movie = self._movies[idx] = Movie(
+                movie_id=plain(ds.item_ids[idx]),
+                title=str(ds.item_titles[idx]),
+                year=int(ds.item_year[idx]) or None,
+                genres=tuple(
+                    g for g, on in zip(ds.genre_names, ds.item_genres[idx], strict=True) if on
+                ),
+            )
+        return movie
 
     def user_index(self, raw_user) -> int:
         idx = self.user_pos.get(str(raw_user))
@@ -184,8 +155,9 @@ class Recommender:
             else:
                 raise DataError(f"user.{name}: unknown value {value!r}; one of {vocab[1:]}")
         if features:
-            raise DataError(f"user: unknown feature(s) {sorted(features)}; "
-                            f"known: {self.run.user_feature_names}")
+            raise DataError(
+                f"user: unknown feature(s) {sorted(features)}; known: {self.run.user_feature_names}"
+            )
         return codes
 
     def last_watch(self, u: int) -> int:
@@ -199,16 +171,22 @@ class Recommender:
         """A known user's query: ranked to ``keep_top`` (and then kept) when k fits and
         "now" is the default, else to k, computed for this request only."""
         if now is not None and now < self.last_watch(u):
-            raise DataError(f"now: {iso_time(now)} is before this user's last watch "
-                            f"({iso_time(self.last_watch(u))})")
+            raise DataError(
+                f"now: {iso_time(now)} is before this user's last watch "
+                f"({iso_time(self.last_watch(u))})"
+            )
         keep = now is None and k <= self.keep_top
         time = None if now is None else torch.tensor([now], dtype=torch.long)
         batch = self.store.batch_for_users(torch.tensor([u]), self.max_len, time)
         return Query(batch, self._seen(u), self.keep_top if keep else k, u, keep)
 
-    def history_query(self, raw_items: list, k: int,
-                      user_features: dict[str, str] | None = None,
-                      now: int | None = None) -> Query:
+    def history_query(
+        self,
+        raw_items: list,
+        k: int,
+        user_features: dict[str, str] | None = None,
+        now: int | None = None,
+    ) -> Query:
         """A typed history's query (oldest first); raises on unknown ids or values."""
         if not raw_items:
             raise DataError("history: give at least one movie id")
@@ -216,10 +194,14 @@ class Recommender:
         n = len(idx)
         now = self.last_time if now is None else int(now)
         times = [now - SPACING_SECONDS * (n - 1 - i) for i in range(n)]
-        batch = history_batch([i + 1 for i in idx], self.max_len,
-                              len(self.run.user_feature_names),
-                              user_feats=self.user_feature_codes(user_features),
-                              times=times, now=now)
+        batch = history_batch(
+            [i + 1 for i in idx],
+            self.max_len,
+            len(self.run.user_feature_names),
+            user_feats=self.user_feature_codes(user_features),
+            times=times,
+            now=now,
+        )
         return Query(batch, np.asarray(idx, dtype=np.int64), k)
 
     def user_queries(self, users: list[int]) -> list[Query]:
@@ -246,8 +228,9 @@ class Recommender:
             if self.candidates:
                 seen = torch.zeros(1, self.ds.n_items, dtype=torch.bool)
                 seen[0, torch.as_tensor(q.seen, dtype=torch.long)] = True
-                scores = retrieve_then_rank(self.model, q.batch,
-                                            max(self.candidates, q.depth), seen)[0][0]
+                scores = retrieve_then_rank(
+                    self.model, q.batch, max(self.candidates, q.depth), seen
+                )[0][0]
             else:
                 scores = self.model.score_all(q.batch)[0]
             ranked = self._explain(q.batch, *self._top(scores, q.seen, q.depth))
@@ -276,8 +259,12 @@ class Recommender:
             cols = top_w.shape[1]
             reason_items[:, :cols] = torch.where(valid, tok - 1, -1).numpy()
             reason_weights[:, :cols] = torch.where(valid, top_w, 0.0).numpy()
-        return Ranked(indices.numpy().astype(np.int32), values.numpy().astype(np.float32),
-                      reason_items, reason_weights)
+        return Ranked(
+            indices.numpy().astype(np.int32),
+            values.numpy().astype(np.float32),
+            reason_items,
+            reason_weights,
+        )
 
     # ---------------------------------------------------------------- known users
     def cached(self, u: int, k: int) -> Ranked | None:
@@ -292,50 +279,79 @@ class Recommender:
     def kept_bytes(self) -> int:
         return sum(r.nbytes for r in list(self._kept.values()))
 
-    def precompute(self, users: list[int] | None = None, batch_size: int = 8,
-                   progress=None) -> None:
+    def precompute(
+        self, users: list[int] | None = None, batch_size: int = 8, progress=None
+    ) -> None:
         """Rank and explain ahead of requests for known users (their default "now"),
         keeping the top ``keep_top`` of each. A run is immutable while it is served, so
         a kept answer never goes stale. ``progress(done, total)`` after each batch."""
-        todo = [u for u in (range(self.ds.n_users) if users is None else users)
-                if u not in self._kept]
+        todo = [
+            u for u in (range(self.ds.n_users) if users is None else users) if u not in self._kept
+        ]
         for s in range(0, len(todo), batch_size):
             self.rank(self.user_queries(todo[s : s + batch_size]))
             if progress is not None:
                 progress(min(s + batch_size, len(todo)), len(todo))
 
     # ---------------------------------------------------------------- answers
-    def picks(self, ranked: Ranked, k: int) -> list[Pick]:
+    def picks(self, ranked: Ranked, k: int) -> list[Recommendation]:
         out = []
         for i in range(min(k, len(ranked.items))):
-            because = [Because(**self._fields(int(m)), weight=round(w, 4))
-                       for m, w in zip(ranked.reason_items[i].tolist(),
-                                       ranked.reason_weights[i].tolist(), strict=True)
-                       if m >= 0]
-            out.append(Pick(**self._fields(int(ranked.items[i])),
-                            score=round(float(ranked.scores[i].item()), 4), because=because))
+            because = tuple(
+                self._record(Reason, m, weight=round(w, 4))
+                for m, w in zip(
+                    ranked.reason_items[i].tolist(), ranked.reason_weights[i].tolist(), strict=True
+                )
+                if m >= 0
+            )
+            out.append(
+                self._record(
+                    Recommendation,
+                    int(ranked.items[i]),
+                    score=round(float(ranked.scores[i].item()), 4),
+                    because=because,
+                )
+            )
         return out
 
-    def answer_user(self, u: int, ranked: Ranked, k: int,
-                    history_shown: int = 10) -> Recommendations:
-        return Recommendations(plain(self.ds.user_ids[u]), self.picks(ranked, k),
-                               self._history(u, history_shown), self.model.task)
+    def answer_user(
+        self, u: int, ranked: Ranked, k: int, history_shown: int = 10
+    ) -> Recommendations:
+        return Recommendations(
+            self.picks(ranked, k),
+            user_id=plain(self.ds.user_ids[u]),
+            history=self.history(u, history_shown),
+            task=self.model.task,
+        )
 
     def answer_history(self, query: Query, ranked: Ranked, k: int) -> Recommendations:
-        hist = [Watched(**self._fields(int(i))) for i in reversed(query.seen.tolist())]
-        return Recommendations(None, self.picks(ranked, k), hist, self.model.task)
+        hist = [self._record(Watched, int(i)) for i in reversed(query.seen.tolist())]
+        return Recommendations(
+            self.picks(ranked, k), user_id=None, history=hist, task=self.model.task
+        )
 
-    def _history(self, u: int, shown: int) -> list[Watched]:
+    def history(self, u: int, shown: int) -> list[Watched]:
+        """A known user's ``shown`` latest watches, newest first."""
         lo, hi = int(self.ds.user_offsets[u]), int(self.ds.user_offsets[u + 1])
         return [
-            Watched(**self._fields(int(self.ds.item[r])),
-                    rating=_rating(self.ds.rating[r]), time=iso_time(self.ds.timestamp[r]))
+            self._record(
+                Watched,
+                int(self.ds.item[r]),
+                rating=_rating(self.ds.rating[r]),
+                time=iso_time(self.ds.timestamp[r]),
+            )
             for r in range(hi - 1, max(lo, hi - shown) - 1, -1)
         ]
 
+    def _record(self, kind: type[M], idx: int, **more) -> M:
+        """A ``Movie`` subclass's record of movie ``idx``, with its own fields ``more``."""
+        m = self.movie(idx)
+        return kind(m.movie_id, m.title, m.year, m.genres, **more)
+
     # ---------------------------------------------------------------- one at a time
-    def for_user(self, raw_user, k: int = 10, history_shown: int = 10,
-                 now: int | None = None) -> Recommendations:
+    def for_user(
+        self, raw_user, k: int = 10, history_shown: int = 10, now: int | None = None
+    ) -> Recommendations:
         """Library use, single-threaded: the kept answer or one computed now."""
         u = self.user_index(raw_user)
         ranked = self.cached(u, k) if now is None else None
@@ -343,23 +359,15 @@ class Recommender:
             ranked = self.rank([self.user_query(u, k, now)])[0]
         return self.answer_user(u, ranked, k, history_shown)
 
-    def for_history(self, raw_items: list, k: int = 10,
-                    user_features: dict[str, str] | None = None,
-                    now: int | None = None) -> Recommendations:
+    def for_history(
+        self,
+        raw_items: list,
+        k: int = 10,
+        user_features: dict[str, str] | None = None,
+        now: int | None = None,
+    ) -> Recommendations:
         query = self.history_query(raw_items, k, user_features, now)
         return self.answer_history(query, self.rank([query])[0], k)
-
-
-
-def _plain_dict(obj):
-    """``dataclasses.asdict`` for these answers (dataclasses, lists, plain values),
-    without its deep copies: 1.7x faster, and an answer is built for every request."""
-    if is_dataclass(obj):
-        return {f.name: _plain_dict(getattr(obj, f.name)) for f in fields(obj)}
-    if isinstance(obj, list):
-        return [_plain_dict(x) for x in obj]
-    return obj
-
 
 
 def _rating(r) -> float | None:

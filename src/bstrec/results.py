@@ -1,57 +1,71 @@
-"""The typed records the public API answers with: recommendations and explanations.
+"""The typed records bstrec answers with: movies, recommendations and explanations.
 
-Frozen dataclasses, so a notebook can keep them, compare them and pass them around;
-``to_dict()`` gives plain JSON-ready data (what ``bstrec recommend --json`` prints) and
-``to_pandas()`` a table, when pandas is installed.
+One set for every caller: ``recommend.Recommender`` builds them, the Python API
+(``Run.recommend``, ``Run.explain``) returns them as they are, ``bstrec recommend``
+prints them (``--json``: ``to_dict()``), and the HTTP API uses them as its response
+models (serve/app.py), so the JSON over HTTP is ``to_dict()`` too.
 
-They are the API's own types, built from ``recommend.py``'s answer: the serving code
-may reshape its types without changing what API users see.
+Frozen dataclasses of the standard library (the HTTP server's pydantic is an optional
+extra), so a notebook can keep them, compare them and pass them around; ``to_dict()``
+gives plain JSON-ready data and ``to_pandas()`` a table, when pandas is installed. A
+field's ``metadata["description"]`` is what the HTTP API's schema says of it.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any
 
 RawId = int | str  # a user or movie id as the data set's files spell it
 
 
+def _doc(text: str) -> dict[str, str]:
+    """A field's description, for the HTTP API's schema (pydantic reads it)."""
+    return {"description": text}
+
+
 @dataclass(frozen=True)
-class Reason:
+class Movie:
+    """A movie of the catalogue."""
+
+    movie_id: RawId
+    title: str
+    year: int | None = field(metadata=_doc("release year; null when unknown"))
+    genres: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Reason(Movie):
     """A watched movie that weighed in a recommendation; ``weight`` is its attention
     weight (the share of the candidate's attention over the history, 0..1)."""
 
-    movie_id: RawId
-    title: str
-    year: int | None
-    genres: tuple[str, ...]
-    weight: float
+    weight: float = field(metadata=_doc("share of the model's attention on this watch"))
 
 
 @dataclass(frozen=True)
-class Recommendation:
+class Recommendation(Movie):
     """One recommended movie. ``score``: higher is better (ranking), or predicted
     stars (rating); ``because``: the watched movies that weighed most, highest first."""
 
-    movie_id: RawId
-    title: str
-    year: int | None
-    genres: tuple[str, ...]
-    score: float
-    because: tuple[Reason, ...] = ()
+    score: float = field(
+        metadata=_doc(
+            "model score, higher is better: for a ranking model a log-odds whose differences "
+            "matter (exp(a - b) is how many times likelier the model thinks pick a is watched "
+            "next than pick b), not its level; predicted stars for a rating model"
+        )
+    )
+    because: tuple[Reason, ...] = field(
+        default=(), metadata=_doc("the watched movies that drove this pick")
+    )
 
 
 @dataclass(frozen=True)
-class Watched:
+class Watched(Movie):
     """A movie of the input history; ``rating`` and ``time`` (ISO 8601, UTC) are known
     for a data set's own users, None for a typed-in history."""
 
-    movie_id: RawId
-    title: str
-    year: int | None
-    genres: tuple[str, ...]
     rating: float | None = None
-    time: str | None = None
+    time: str | None = field(default=None, metadata=_doc("ISO 8601, UTC; null for a typed history"))
 
 
 class Recommendations(list):
@@ -59,44 +73,52 @@ class Recommendations(list):
     ``user_id`` (None for a typed-in history), ``history`` (recent watches, newest
     first) and ``task``."""
 
-    def __init__(self, picks: list[Recommendation], *, user_id: RawId | None,
-                 history: list[Watched], task: str):
+    def __init__(
+        self,
+        picks: list[Recommendation],
+        *,
+        user_id: RawId | None,
+        history: list[Watched],
+        task: str,
+    ):
         super().__init__(picks)
         self.user_id = user_id
         self.history = list(history)
         self.task = task
 
     def to_dict(self) -> dict[str, Any]:
-        return {"user_id": self.user_id, "picks": [asdict(p) for p in self],
-                "history": [asdict(w) for w in self.history], "task": self.task}
+        """What ``bstrec recommend --json`` prints and the HTTP API answers: the
+        records as ``dataclasses.asdict`` gives them."""
+        return {
+            "user_id": self.user_id,
+            "picks": [_plain(p) for p in self],
+            "history": [_plain(w) for w in self.history],
+            "task": self.task,
+        }
 
     def to_pandas(self):
         """One row per movie: rank, movie_id, title, year, genres, score and because
         (the reasons' titles, "; "-separated)."""
         pd = _pandas()
-        return pd.DataFrame([
-            {"rank": i, "movie_id": p.movie_id, "title": p.title, "year": p.year,
-             "genres": "|".join(p.genres), "score": p.score,
-             "because": "; ".join(b.title for b in p.because)}
-            for i, p in enumerate(self, 1)
-        ], columns=["rank", "movie_id", "title", "year", "genres", "score", "because"])
+        return pd.DataFrame(
+            [
+                {
+                    "rank": i,
+                    "movie_id": p.movie_id,
+                    "title": p.title,
+                    "year": p.year,
+                    "genres": "|".join(p.genres),
+                    "score": p.score,
+                    "because": "; ".join(b.title for b in p.because),
+                }
+                for i, p in enumerate(self, 1)
+            ],
+            columns=["rank", "movie_id", "title", "year", "genres", "score", "because"],
+        )
 
     def __repr__(self) -> str:
         who = f"user {self.user_id}" if self.user_id is not None else "a history"
         return f"Recommendations({len(self)} movies for {who}, task={self.task!r})"
-
-    @classmethod
-    def from_internal(cls, rec) -> Recommendations:
-        """From ``recommend.Recommendations`` (read by attribute name)."""
-        picks = [
-            Recommendation(p.movie_id, p.title, p.year, tuple(p.genres), float(p.score),
-                           tuple(Reason(b.movie_id, b.title, b.year, tuple(b.genres),
-                                        float(b.weight)) for b in p.because))
-            for p in rec.picks
-        ]
-        history = [Watched(w.movie_id, w.title, w.year, tuple(w.genres), w.rating, w.time)
-                   for w in rec.history]
-        return cls(picks, user_id=rec.user_id, history=history, task=rec.task)
 
 
 @dataclass(frozen=True)
@@ -135,8 +157,33 @@ class Explanation:
     def to_pandas(self):
         """One row per contribution: movie_id, title, watches_ago, weight."""
         pd = _pandas()
-        return pd.DataFrame([asdict(c) for c in self.contributions],
-                            columns=["movie_id", "title", "watches_ago", "weight"])
+        return pd.DataFrame(
+            [asdict(c) for c in self.contributions],
+            columns=["movie_id", "title", "watches_ago", "weight"],
+        )
+
+
+def _plain(obj):
+    """``dataclasses.asdict`` for these records (dataclasses, tuples and lists of them,
+    and plain values, which it does not copy): 3x faster, and the server renders an
+    answer for every request."""
+    kind = type(obj)
+    if kind in _ATOMIC:
+        return obj
+    names = _FIELD_NAMES.get(kind)
+    if names is None:
+        if kind is tuple:
+            return tuple([_plain(x) for x in obj])
+        if kind is list:
+            return [_plain(x) for x in obj]
+        if not is_dataclass(obj):
+            return obj
+        names = _FIELD_NAMES[kind] = tuple(f.name for f in fields(obj))
+    return {name: _plain(getattr(obj, name)) for name in names}
+
+
+_ATOMIC = {str, int, float, bool, type(None)}
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}  # a record class -> its fields' names
 
 
 def _pandas():

@@ -2,7 +2,7 @@
 
 For big catalogues (ML-32M: 87K movies) BST's head, which runs once per (user,
 candidate), is the expensive part of a full-catalogue pass. The model's own cheap parts
-(``Recommender.retrieval_scores``) choose the ``m`` best unseen movies, and only those
+(``ScoringModel.retrieval_scores``) choose the ``m`` best unseen movies, and only those
 go through ``score``. Movies the stage does not return rank below every returned one,
 tied with each other (../shared/PROTOCOL.md, Large data): a missed target ranks last.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from bstrec.data.batches import Batch
-from bstrec.models.base import Recommender
+from bstrec.models.base import ScoringModel
 
 # Retrieval is on by default above this many movies. On ml-1m-u2999 (3,615 movies)
 # retrieving 50 to 500 left validation and test NDCG@10 unchanged while scoring 9x
@@ -22,7 +22,7 @@ AUTO_MIN_ITEMS = 5000
 DEFAULT_CANDIDATES = 200
 
 
-def retrieval_size(model: Recommender, candidates: int | None) -> int:
+def retrieval_size(model: ScoringModel, candidates: int | None) -> int:
     """How many candidates to retrieve: ``candidates`` if given (0 = rank everything),
     else ``DEFAULT_CANDIDATES`` for catalogues above ``AUTO_MIN_ITEMS`` movies when the
     model has a cheap stage (the peers are cheap themselves: they rank everything)."""
@@ -36,7 +36,7 @@ def retrieval_size(model: Recommender, candidates: int | None) -> int:
 
 
 @torch.no_grad()
-def retrieve_then_rank(model: Recommender, batch: Batch, m: int,
+def retrieve_then_rank(model: ScoringModel, batch: Batch, m: int,
                        seen: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Full-catalogue scores (B, n_items) where only the retrieved ``m`` are the model's
     own; every other movie gets the lowest finite score. ``seen`` (B, n_items) bool: movies

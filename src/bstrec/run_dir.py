@@ -28,7 +28,7 @@ from safetensors.torch import load_file
 from bstrec.atomic import atomic_save_tensors, atomic_write_text
 from bstrec.config import RunConfig
 from bstrec.data.interactions import DataError, Dataset
-from bstrec.models.base import Recommender
+from bstrec.models.base import ScoringModel
 from bstrec.models.bst import CatalogFeatures
 
 
@@ -94,7 +94,7 @@ def dataset_from_run(run: Path) -> Dataset:
     )
 
 
-def save_model(run: Path, model: Recommender, cfg: RunConfig, cat: CatalogFeatures,
+def save_model(run: Path, model: ScoringModel, cfg: RunConfig, cat: CatalogFeatures,
                name: str = "model") -> None:
     atomic_save_tensors(run / f"{name}.safetensors", dict(model.state_dict()))
     atomic_write_text(run / f"{name}.json", json.dumps({
@@ -111,7 +111,7 @@ def save_model(run: Path, model: Recommender, cfg: RunConfig, cat: CatalogFeatur
 class LoadedRun:
     path: Path
     config: RunConfig
-    model: Recommender
+    model: ScoringModel
     dataset: Dataset  # histories and metadata as saved in the run
     user_feature_names: list[str]
 

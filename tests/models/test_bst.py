@@ -215,7 +215,7 @@ def test_big_catalogues_train_the_softmaxes_on_a_shared_sample(monkeypatch):
     import bstrec.models.sasrec as sasrec_module
 
     model, batch, ds = _with_fitted_wide()
-    full = model.full_softmax_loss(batch, model.user_side(batch), model._own_pairs(batch))
+    full = model.full_softmax_loss(batch, model.user_side(batch), model.own_pairs(batch))
     monkeypatch.setattr(sasrec_module, "FULL_SOFTMAX_MAX_ITEMS", 10)
     monkeypatch.setattr(sasrec_module, "SAMPLED_CANDIDATES", 8)
     monkeypatch.setattr(sasrec_module, "SAMPLED_POSITIONS", 5)
@@ -223,7 +223,7 @@ def test_big_catalogues_train_the_softmaxes_on_a_shared_sample(monkeypatch):
     cands, cols = sasrec_module.softmax_candidates(ds.n_items, labels)
     assert torch.equal(cands[cols], labels) and len(cands) <= 3 + 8
     assert bool((cands[1:] > cands[:-1]).all())
-    sampled = model.full_softmax_loss(batch, model.user_side(batch), model._own_pairs(batch))
+    sampled = model.full_softmax_loss(batch, model.user_side(batch), model.own_pairs(batch))
     assert torch.isfinite(sampled) and sampled < full  # fewer competitors, smaller loss
     sampled.backward()
     assert model.tower.item_emb.weight.grad.abs().sum() > 0
@@ -247,5 +247,5 @@ def test_explanations_follow_the_candidate():
     firsts = [set(top[b][with_pairs[b]].tolist()) for b in range(len(batch))]
     assert max(len(f) for f in firsts) > 1
     # without pair evidence the candidate's own attention row speaks
-    _, att = model._score(batch, cands, want_attention=True)
+    att = model.attention(batch, cands)
     torch.testing.assert_close(weights[~with_pairs], att[~with_pairs])

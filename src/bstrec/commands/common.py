@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import typer
@@ -113,6 +113,3 @@ class Group(TyperGroup):
     def invoke(self, ctx):
         with fail_cleanly():
             return super().invoke(ctx)
-
-
-Handler = Callable[..., None]

@@ -1,4 +1,4 @@
-"""The contract every model and baseline follows (after RecBole's, smaller).
+"""The contract every model and baseline follows (after RecBole's, smaller): ``ScoringModel``.
 
 Evaluation, recommendation and serving call only ``score`` and ``score_all``, so BST
 and the baselines are measured by the same code. Scores are "higher is better" for
@@ -14,7 +14,7 @@ from torch import nn
 from bstrec.data.batches import Batch
 
 
-class Recommender(nn.Module):
+class ScoringModel(nn.Module):
     task: str = "ranking"  # ranking | rating
     n_items: int
 

@@ -10,14 +10,14 @@ import numpy as np
 import torch
 
 from bstrec.data.batches import Batch
-from bstrec.models.base import Recommender
+from bstrec.models.base import ScoringModel
 
 
 def _cands(batch: Batch, candidates: torch.Tensor) -> torch.Tensor:
     return candidates[None].expand(len(batch), -1) if candidates.dim() == 1 else candidates
 
 
-class Popularity(Recommender):
+class Popularity(ScoringModel):
     """Training interactions per movie."""
 
     def __init__(self, n_items: int, counts: torch.Tensor | None = None):
@@ -35,7 +35,7 @@ class Popularity(Recommender):
         return self.counts[_cands(batch, candidates)]
 
 
-class Transitions(Recommender):
+class Transitions(ScoringModel):
     """Which movies follow the user's last movies in training.
 
     ``counts[a, b]`` counts training pairs where ``b`` came within ``window`` watches
@@ -83,7 +83,7 @@ class Transitions(Recommender):
         return out
 
 
-class RatingBaseline(Recommender):
+class RatingBaseline(ScoringModel):
     """Predicted stars = global mean (+ user bias) (+ item bias), fitted on training."""
 
     task = "rating"

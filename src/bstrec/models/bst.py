@@ -33,7 +33,7 @@ from torch import nn
 
 from bstrec.config import ModelConfig
 from bstrec.data.batches import GAP_BUCKETS, Batch
-from bstrec.models.base import Recommender
+from bstrec.models.base import ScoringModel
 from bstrec.models.cooccurrence import CooccurrenceScorer
 from bstrec.models.sasrec import SASRec, softmax_candidates
 
@@ -157,7 +157,7 @@ class Block(nn.Module):
         return self.finish(x, self.merge(out)), att
 
 
-class BST(Recommender):
+class BST(ScoringModel):
     def __init__(self, cfg: ModelConfig, cat: CatalogFeatures, max_len: int):
         super().__init__()
         self.cfg = cfg
@@ -417,7 +417,7 @@ class BST(Recommender):
         in the training data) where the candidate has any, else the candidate's own
         attention row. Attention alone hardly depends on the candidate: one user's ten
         picks all cited the same three films (issue 9)."""
-        _, att = self._score(batch, candidates, want_attention=True)
+        att = self.attention(batch, candidates)
         if self.wide is None:
             return att
         cands = candidates if candidates.dim() == 2 else candidates[None].expand(
@@ -425,6 +425,11 @@ class BST(Recommender):
         pairs = self.wide.contributions(batch.hist_item, cands)  # (B, C, L)
         total = pairs.sum(-1, keepdim=True)
         return torch.where(total > 0, pairs / total.clamp_min(1e-12), att)
+
+    def attention(self, batch: Batch, candidates: torch.Tensor) -> torch.Tensor:
+        """(B, C, L) each candidate's attention over the history in the first block,
+        averaged over heads (the explanation of rounds before issue 9)."""
+        return self._score(batch, candidates, want_attention=True)[1]
 
     def _score(self, batch: Batch, candidates: torch.Tensor, want_attention: bool, own=None,
                side: UserSide | None = None):
@@ -587,7 +592,7 @@ class BST(Recommender):
     def full_softmax_loss(self, batch: Batch, side: UserSide,
                           own: torch.Tensor | None) -> torch.Tensor | float:
         """Full-catalogue cross-entropy of the tower (0 without one); ``own`` (B,): the
-        targets' own co-occurrence pairs (``_own_pairs``)."""
+        targets' own co-occurrence pairs (``own_pairs``)."""
         if self.tower is None:
             return 0.0
         # the tower learns on its own, at every position (SASRec's loss) ...
@@ -602,7 +607,7 @@ class BST(Recommender):
             logits = logits + self.wide_weight * self.wide_feature(batch, cands, own_all)
         return loss + F.cross_entropy(logits, target)
 
-    def _own_pairs(self, batch: Batch) -> torch.Tensor | None:
+    def own_pairs(self, batch: Batch) -> torch.Tensor | None:
         """(B,) what a training target's own pairs add to its co-occurrence count."""
         return None if self.wide is None else self.wide.self_count(batch.hist_item,
                                                                    batch.target)
@@ -617,7 +622,7 @@ class BST(Recommender):
             raise ValueError("ranking loss needs negatives")
         if loss == "sampled-softmax":
             # candidates: each row's positive, then negatives shared by the batch
-            own = self._own_pairs(batch)
+            own = self.own_pairs(batch)
             side = self.user_side(batch)  # once for the positives and the negatives
             pos = self.score(batch, batch.target[:, None],
                              own=None if own is None else own[:, None], side=side)  # (B, 1)
@@ -631,7 +636,7 @@ class BST(Recommender):
         if loss == "bce":
             # negatives (B, N) per positive, the paper's click-through loss
             cand = torch.cat([batch.target[:, None], negatives], 1)  # (B, 1 + N)
-            own = self._own_pairs(batch)
+            own = self.own_pairs(batch)
             own_cand = None
             if own is not None:
                 own_cand = torch.cat([own[:, None], own.new_zeros(negatives.shape)], 1)

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from bstrec.data.batches import Batch
-from bstrec.models.base import Recommender
+from bstrec.models.base import ScoringModel
 from bstrec.models.item_pairs import ItemPairs, recent, tie_break, training_popularity
 
 
@@ -162,7 +162,7 @@ class CooccurrenceScorer(nn.Module):
         return self.normalise(raw, cands) + tie_break(pop, self.popularity)
 
 
-class Cooccurrence(Recommender):
+class Cooccurrence(ScoringModel):
     """The co-occurrence baseline behind the model contract."""
 
     def __init__(self, n_items: int, params: CooccurrenceParams | None = None):

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from bstrec.data.batches import Batch
-from bstrec.models.base import Recommender
+from bstrec.models.base import ScoringModel
 from bstrec.models.item_pairs import tie_break, training_popularity
 from bstrec.models.itemknn import binary_pairs, gram_blocks
 
@@ -44,7 +44,7 @@ def _check_size(n_items: int, max_items: int) -> None:
             f"catalogue to the top-{max_items} movies or raise max_items")
 
 
-class EASE(Recommender):
+class EASE(ScoringModel):
     """EASE behind the model contract; ``B`` and the popularity are buffers."""
 
     def __init__(self, n_items: int, lam: float = 500.0, max_items: int = MAX_ITEMS):

@@ -9,7 +9,7 @@ import torch
 
 from bstrec.config import RunConfig
 from bstrec.data.interactions import Dataset
-from bstrec.models.base import Recommender
+from bstrec.models.base import ScoringModel
 from bstrec.models.baselines import Popularity, RatingBaseline
 from bstrec.models.bst import BST, CatalogFeatures
 from bstrec.models.cooccurrence import Cooccurrence, tune_cooccurrence
@@ -33,7 +33,7 @@ def catalog_features(ds: Dataset, user_feature_names: list[str]) -> CatalogFeatu
     )
 
 
-def build_model(cfg: RunConfig, cat: CatalogFeatures) -> Recommender:
+def build_model(cfg: RunConfig, cat: CatalogFeatures) -> ScoringModel:
     """An untrained model with the right shapes (also used to load checkpoints)."""
     m = cfg.model
     if m.name == "bst":
@@ -56,9 +56,9 @@ def build_model(cfg: RunConfig, cat: CatalogFeatures) -> Recommender:
 
 
 def fit_baseline(cfg: RunConfig, ds: Dataset, train_rows: np.ndarray,
-                 validate: Callable[[Recommender], float] | None = None,
+                 validate: Callable[[ScoringModel], float] | None = None,
                  log: Callable[[str], None] | None = None
-                 ) -> tuple[Recommender, list[dict]]:
+                 ) -> tuple[ScoringModel, list[dict]]:
     """Fit a closed-form baseline on ``train_rows``; ``validate(model)`` (validation
     NDCG@10) tunes the hyper-parameters of those that have some. Returns the model and
     the tuning grid's trials (empty for the untuned)."""
@@ -82,7 +82,7 @@ def fit_baseline(cfg: RunConfig, ds: Dataset, train_rows: np.ndarray,
 
 
 def fit_wide(ds: Dataset, train_rows: np.ndarray,
-             validate: Callable[[Recommender], float] | None,
+             validate: Callable[[ScoringModel], float] | None,
              log: Callable[[str], None] | None = None) -> tuple[Cooccurrence, list[dict]]:
     """The co-occurrence model tuned on validation (a baseline, and BST's wide input),
     with the grid's trials."""

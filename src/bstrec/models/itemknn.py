@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from bstrec.data.batches import Batch
-from bstrec.models.base import Recommender
+from bstrec.models.base import ScoringModel
 from bstrec.models.item_pairs import ItemPairs, recent, tie_break, training_popularity
 
 
@@ -102,7 +102,7 @@ def top_similarities(item: np.ndarray, user: np.ndarray, train_rows: np.ndarray,
                 torch.cat(v) if v else torch.zeros(0, k)) for s, (i, v) in out.items()}
 
 
-class ItemKNN(Recommender):
+class ItemKNN(ScoringModel):
     """Item-KNN behind the model contract; every tensor is a buffer."""
 
     def __init__(self, n_items: int, params: ItemKNNParams | None = None):

@@ -18,7 +18,7 @@ from torch import nn
 
 from bstrec.config import ModelConfig
 from bstrec.data.batches import Batch
-from bstrec.models.base import Recommender
+from bstrec.models.base import ScoringModel
 
 # Up to this many movies the softmax runs over the whole catalogue at every position.
 # Beyond it (ML-10M and up: 10K-87K movies) a (B x L, n_items) logit matrix costs
@@ -41,7 +41,7 @@ def softmax_candidates(n_items: int, labels: torch.Tensor
     return cands, torch.searchsorted(cands, labels)
 
 
-class SASRec(Recommender):
+class SASRec(ScoringModel):
     def __init__(self, cfg: ModelConfig, n_items: int, max_len: int):
         super().__init__()
         self.n_items, self.max_len = n_items, max_len

@@ -24,6 +24,7 @@ import re
 import unicodedata
 from collections.abc import Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -39,9 +40,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bstrec.data.interactions import DataError
 from bstrec.recommend import Ranked, Recommender, UnknownIdError
+from bstrec.results import Movie, Recommendation, Watched
 from bstrec.serve.labels import choices, feature_label
 from bstrec.serve.worker import ModelWorkers, WorkerSettings
-from bstrec.values import iso_time, plain, plain_id
+from bstrec.values import plain, plain_id
 
 log = logging.getLogger("bstrec.serve")
 
@@ -53,16 +55,14 @@ RawId = int | Annotated[str, Field(min_length=1, max_length=64)]
 
 
 # ------------------------------------------------------------------ schemas
-class Movie(BaseModel):
-    movie_id: int | str
-    title: str
-    year: int | None = Field(description="release year; null when unknown")
-    genres: list[str]
-
-
+# Responses are made of results.py's records (the Python API's own): a recommendation
+# is what Run.recommend returns, and its JSON is Recommendations.to_dict().
+@dataclass(frozen=True)
 class MovieStats(Movie):
-    n_ratings: int = Field(description="ratings in the training data (popularity)")
-    mean_rating: float | None = Field(description="mean stars; null without ratings")
+    """A movie with its popularity in the training data."""
+
+    n_ratings: int = field(metadata={"description": "ratings in the training data (popularity)"})
+    mean_rating: float | None = field(metadata={"description": "mean stars; null without ratings"})
 
 
 class MovieSearch(BaseModel):
@@ -71,32 +71,22 @@ class MovieSearch(BaseModel):
     movies: list[MovieStats]
 
 
-class Because(Movie):
-    weight: float = Field(description="share of the model's attention on this watch")
-
-
-class Pick(Movie):
-    score: float = Field(
-        description="model score, higher is better: for a ranking model a log-odds whose "
-        "differences matter (exp(a - b) is how many times likelier the model thinks pick a "
-        "is watched next than pick b), not its level; predicted stars for a rating model"
-    )
-    because: list[Because] = Field(description="the watched movies that drove this pick")
-
-
-class Watched(Movie):
-    rating: float | None = None
-    time: str | None = Field(None, description="ISO 8601, UTC; null for a typed history")
+# Every field of a response is always there: the schema says so (required), also of
+# the records' fields that have defaults in Python (Recommendation.because, Watched.time).
+ALL_REQUIRED = ConfigDict(json_schema_serialization_defaults_required=True)
 
 
 class RecommendationsOut(BaseModel):
+    # results.Recommendations (a list with attributes) as a JSON object: its to_dict()
+    model_config = ALL_REQUIRED
     user_id: int | str | None = Field(description="null for a history-only request")
     task: str = Field(description="ranking | rating")
-    picks: list[Pick]
+    picks: list[Recommendation]
     history: list[Watched] = Field(description="recent watches, newest first")
 
 
 class UserOut(BaseModel):
+    model_config = ALL_REQUIRED
     user_id: int | str
     n_ratings: int
     features: dict[str, str]
@@ -146,7 +136,6 @@ class Health(BaseModel):
         "age groups youngest first); send the value"
     )
     precompute: Precompute
-
 
 
 FeatureValue = int | Annotated[str, Field(max_length=64)]
@@ -231,14 +220,17 @@ class Service:
         self.by_popularity = np.argsort(-self.n_ratings, kind="stable")
 
     # lookups never touch the model: they run on the request's own thread
-    def movie(self, idx: int) -> dict:
-        info = self.rec.movie(idx).__dict__
+    def movie(self, idx: int) -> MovieStats:
+        m = self.rec.movie(idx)
         mean = self.mean_rating[idx]
-        return {
-            **info,
-            "n_ratings": int(self.n_ratings[idx]),
-            "mean_rating": None if np.isnan(mean) else round(float(mean), 3),
-        }
+        return MovieStats(
+            m.movie_id,
+            m.title,
+            m.year,
+            m.genres,
+            n_ratings=int(self.n_ratings[idx]),
+            mean_rating=None if np.isnan(mean) else round(float(mean), 3),
+        )
 
     def movie_index(self, raw: str) -> int:
         idx = self.rec.item_pos.get(str(raw))
@@ -274,24 +266,14 @@ class Service:
             name: ds.user_vocab[name][int(ds.user_features[name][u])]
             for name in self.rec.run.user_feature_names
         }
-        rows = range(hi - 1, max(lo, hi - limit) - 1, -1)
-        history = [
-            {
-                **self.rec.movie(int(ds.item[r])).__dict__,
-                "rating": None if np.isnan(ds.rating[r]) else float(ds.rating[r]),
-                "time": iso_time(int(ds.timestamp[r])),
-            }
-            for r in rows
-        ]
         return {
             "user_id": plain(ds.user_ids[u]),
             "n_ratings": hi - lo,
             "features": features,
-            "history": history,
+            "history": self.rec.history(u, limit),
         }
 
-    async def for_user(self, raw: str, k: int, timing=None,
-                       now: datetime | None = None) -> dict:
+    async def for_user(self, raw: str, k: int, timing=None, now: datetime | None = None) -> dict:
         u = self._user_index(raw)
         # a known user's answer is kept once computed (in the background from the start,
         # or by an earlier request): no turn at the model then
@@ -325,8 +307,7 @@ class Service:
             )
         features = self._features(req.user)
         try:
-            query = self.rec.history_query(list(req.history), req.k, features,
-                                           _seconds(req.now))
+            query = self.rec.history_query(list(req.history), req.k, features, _seconds(req.now))
         except UnknownIdError as e:  # checked above; kept for a race-free guarantee
             raise ApiError(422, str(e), "history", list(e.ids)) from None
         except DataError as e:
@@ -353,8 +334,11 @@ class Service:
             "max_history": MAX_HISTORY,
             "user_features": {n: list(ds.user_vocab[n][1:]) for n in run.user_feature_names},
             "user_feature_choices": [
-                {"name": n, "label": feature_label(n),
-                 "choices": choices(n, list(ds.user_vocab[n][1:]), ds.name)}
+                {
+                    "name": n,
+                    "label": feature_label(n),
+                    "choices": choices(n, list(ds.user_vocab[n][1:]), ds.name),
+                }
                 for n in run.user_feature_names
             ],
             "precompute": {
@@ -404,8 +388,11 @@ class Service:
 
 
 # ------------------------------------------------------------------ app
-def create_app(source: str | Path | Recommender, settings: WorkerSettings = WorkerSettings(),
-               say: Callable[[str], None] | None = None) -> FastAPI:
+def create_app(
+    source: str | Path | Recommender,
+    settings: WorkerSettings = WorkerSettings(),
+    say: Callable[[str], None] | None = None,
+) -> FastAPI:
     """The API and web page for a run folder (loaded here, once) or a loaded Recommender.
 
     Its model threads start here (with the precompute, if ``settings`` asks for it) and
@@ -454,7 +441,7 @@ def create_app(source: str | Path | Recommender, settings: WorkerSettings = Work
         return svc.search(q, limit)
 
     @app.get("/movies/{movie_id}", response_model=MovieStats, responses=NOT_FOUND, tags=["movies"])
-    def get_movie(movie_id: str = PathParam(max_length=64)) -> dict:
+    def get_movie(movie_id: str = PathParam(max_length=64)) -> MovieStats:
         return svc.movie(svc.movie_index(movie_id))
 
     @app.get("/users/{user_id}", response_model=UserOut, responses=NOT_FOUND, tags=["users"])
@@ -583,8 +570,6 @@ def _timing_header(response: Response) -> Callable[[str], None]:
         response.headers["Server-Timing"] = value
 
     return set_header
-
-
 
 
 async def _answer(job) -> Ranked:

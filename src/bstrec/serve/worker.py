@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from bstrec.recommend import Query, Recommender
 
@@ -58,8 +58,10 @@ class Job:
 
     def server_timing(self) -> str:
         """The Server-Timing value: waiting for a model thread, and in it (ms)."""
-        return (f"queue;dur={(self.started - self.queued) * 1e3:.2f}, "
-                f"model;dur={(self.finished - self.started) * 1e3:.2f}")
+        return (
+            f"queue;dur={(self.started - self.queued) * 1e3:.2f}, "
+            f"model;dur={(self.finished - self.started) * 1e3:.2f}"
+        )
 
 
 @dataclass
@@ -74,8 +76,18 @@ class Progress:
 
 
 class ModelWorkers:
-    def __init__(self, rec: Recommender, settings: WorkerSettings = WorkerSettings(),
-                 say: Callable[[str], None] | None = None):
+    """The model threads, their request queue and the background precompute.
+
+    The precompute's plan and progress are this object's own, behind its lock; others
+    read ``progress`` (a consistent copy). Kept answers are the Recommender's
+    (``cached``, ``n_kept``)."""
+
+    def __init__(
+        self,
+        rec: Recommender,
+        settings: WorkerSettings = WorkerSettings(),
+        say: Callable[[str], None] | None = None,
+    ):
         self.rec = rec
         self.settings = settings
         self.say = say or log.info
@@ -85,8 +97,9 @@ class ModelWorkers:
         self._plan: Iterator[int] | None = None
         self._in_flight = 0  # precompute users being ranked right now
         n_users = rec.ds.n_users
-        self.progress = Progress(enabled=settings.precompute,
-                                 total=n_users if settings.precompute else 0)
+        self._progress = Progress(
+            enabled=settings.precompute, total=n_users if settings.precompute else 0
+        )
         self._next_report = 1
         self._t0 = time.perf_counter()  # the precompute's clock starts with the server
         self._stop = threading.Event()
@@ -100,8 +113,10 @@ class ModelWorkers:
             return self
         self._stop.clear()
         if self.settings.precompute and self._plan is not None and not self.progress.done:
-            self.say(f"precompute: ranking {self.progress.total:,} known users in the "
-                     f"background, top {self.rec.keep_top} each; requests go first")
+            self.say(
+                f"precompute: ranking {self.progress.total:,} known users in the "
+                f"background, top {self.rec.keep_top} each; requests go first"
+            )
         for i in range(self.settings.threads):
             t = threading.Thread(target=self._run, name=f"bstrec-model-{i}", daemon=True)
             t.start()
@@ -115,6 +130,12 @@ class ModelWorkers:
         for t in self._threads:
             t.join(timeout)
         self._threads = []
+
+    @property
+    def progress(self) -> Progress:
+        """Where the background precompute stands (a copy, taken under the lock)."""
+        with self._plan_lock:
+            return replace(self._progress)
 
     # ---------------------------------------------------------------- requests
     def submit(self, query: Query) -> Job:
@@ -186,23 +207,29 @@ class ModelWorkers:
         return True
 
     def _report(self) -> None:
-        p = self.progress
         with self._plan_lock:
+            p = self._progress
             p.done = min(self.rec.n_kept, p.total)
             p.seconds = time.perf_counter() - self._t0
             due = p.done * 10 >= self._next_report * p.total and not p.complete
             if due:
                 self._next_report = p.done * 10 // p.total + 1
+            p = replace(p)
         if due:
-            self.say(f"precompute: {p.done:,}/{p.total:,} known users "
-                     f"({100 * p.done / p.total:.0f}%) in {p.seconds:.1f} s")
+            self.say(
+                f"precompute: {p.done:,}/{p.total:,} known users "
+                f"({100 * p.done / p.total:.0f}%) in {p.seconds:.1f} s"
+            )
 
     def _finish(self) -> None:
-        p = self.progress
         with self._plan_lock:
+            p = self._progress
             if p.complete:
                 return
             p.done, p.complete = min(self.rec.n_kept, p.total), True
             p.seconds = time.perf_counter() - self._t0
-        self.say(f"precompute complete: {p.done:,} known users, top {self.rec.keep_top} "
-                 f"each ({self.rec.kept_bytes() / 2**20:.1f} MiB) in {p.seconds:.1f} s")
+            p = replace(p)
+        self.say(
+            f"precompute complete: {p.done:,} known users, top {self.rec.keep_top} "
+            f"each ({self.rec.kept_bytes() / 2**20:.1f} MiB) in {p.seconds:.1f} s"
+        )

@@ -9,7 +9,7 @@ import time
 from bstrec.config import RunConfig
 from bstrec.data.batches import SequenceStore
 from bstrec.data.splits import Split
-from bstrec.models.base import Recommender
+from bstrec.models.base import ScoringModel
 from bstrec.models.factory import fit_baseline
 from bstrec.run_dir import atomic_write_text, save_model
 from bstrec.training.report import append_jsonl, write_summary
@@ -29,7 +29,7 @@ def val_ndcg(store: SequenceStore, split: Split, cfg: RunConfig, device="cpu"):
     fits = max(TUNE_MIN_USERS, TUNE_SCORES // max(store.n_items, 1))
     users = min(cfg.train.val_users, fits) if cfg.train.val_users else fits
 
-    def score(model: Recommender) -> float:
+    def score(model: ScoringModel) -> float:
         return validate(model.to(device), store, split, cfg.data.max_len, device=device,
                         now=cfg.data.now, max_users=users)["NDCG@10"]
     return score

@@ -15,7 +15,7 @@ from bstrec import checkpoint
 from bstrec.config import RunConfig
 from bstrec.data.interactions import Dataset
 from bstrec.distributed import DistContext
-from bstrec.models.base import Recommender
+from bstrec.models.base import ScoringModel
 
 # Settings a resumed run may change; anything else must match the checkpoint, since
 # it changes what the saved position, optimizer state or weights mean.
@@ -30,7 +30,7 @@ class TrainingError(RuntimeError):
 @dataclass
 class TrainResult:
     run_dir: Path
-    model: Recommender
+    model: ScoringModel
     best: dict = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
     train_seconds: float = 0.0

@@ -19,7 +19,7 @@ from bstrec.data.batches import SequenceStore, training_rows
 from bstrec.data.interactions import Dataset
 from bstrec.data.splits import Split
 from bstrec.distributed import DistContext, EpochShards
-from bstrec.models.base import Recommender
+from bstrec.models.base import ScoringModel
 from bstrec.models.factory import build_model, catalog_features, fit_wide
 from bstrec.run_dir import save_model
 from bstrec.sampling import NegativeSampler, training_loss
@@ -45,7 +45,7 @@ class _LossForward(nn.Module):
     """DDP synchronises gradients only for work done inside its forward(), so the loss
     (not the model's scoring forward) is what it must wrap."""
 
-    def __init__(self, model: Recommender):
+    def __init__(self, model: ScoringModel):
         super().__init__()
         self.model = model
 

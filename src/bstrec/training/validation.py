@@ -6,11 +6,11 @@ from bstrec.data.batches import SequenceStore
 from bstrec.data.splits import Split
 from bstrec.distributed import DistContext, merge_shard_metrics, shard_bounds
 from bstrec.evaluate import evaluate_ranking, evaluate_rating, sample_targets
-from bstrec.models.base import Recommender
+from bstrec.models.base import ScoringModel
 from bstrec.retrieval import retrieval_size
 
 
-def validate(model: Recommender, store: SequenceStore, split: Split, max_len: int,
+def validate(model: ScoringModel, store: SequenceStore, split: Split, max_len: int,
              which: str = "val", device="cpu", ctx: DistContext | None = None,
              now: str = "last-input", max_users: int = 0) -> dict:
     """Validation metrics; with several ranks each scores its share and the means merge.
