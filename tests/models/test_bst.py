@@ -249,3 +249,50 @@ def test_explanations_follow_the_candidate():
     # without pair evidence the candidate's own attention row speaks
     att = model.attention(batch, cands)
     torch.testing.assert_close(weights[~with_pairs], att[~with_pairs])
+
+
+@pytest.mark.parametrize("sampled", [False, True])
+def test_hard_negatives_are_the_cheap_top_without_target_or_history(monkeypatch, sampled):
+    import bstrec.models.sasrec as sasrec_module
+
+    model, batch, ds = _with_fitted_wide()
+    if sampled:  # the big-catalogue path: the cheap logits cover a sample of movies
+        monkeypatch.setattr(sasrec_module, "FULL_SOFTMAX_MAX_ITEMS", 10)
+        monkeypatch.setattr(sasrec_module, "SAMPLED_CANDIDATES", 30)
+    keep: list = []
+    model.full_softmax_loss(batch, model.user_side(batch), model.own_pairs(batch), keep)
+    cheap, cands = keep
+    tokens = torch.arange(1, ds.n_items + 1) if cands is None else cands
+    k = 5
+    hard = model.hard_negatives(batch, cheap, cands, k)
+    assert hard.shape == (len(batch), k)
+    for i in range(len(batch)):
+        banned = {int(batch.target[i])} | {int(h) for h in batch.hist_item[i] if h > 0}
+        allowed = [(float(cheap[i, j]), int(t)) for j, t in enumerate(tokens)
+                   if int(t) not in banned]
+        want = sorted(allowed, reverse=True)[:k]
+        got = {int(t) for t in hard[i]}
+        assert not got & banned
+        # the k best allowed scores (ties may pick either movie)
+        assert sorted(float(cheap[i, (tokens == t).nonzero()[0, 0]]) for t in got) \
+            == sorted(s for s, _ in want)
+
+
+def test_the_head_ranking_retrieved_negatives_leaves_the_cheap_parts_to_the_full_softmax():
+    """With head_negatives, the head's loss must not train the tower's gate or the wide
+    weight (they learn the whole catalogue's ranking from the full softmax alone), and
+    it must train the head."""
+    model, batch, _ = _with_fitted_wide()
+    model.cfg.head_negatives = 4
+    model.train()
+    negatives = torch.tensor([2, 3, 5, 8])
+    torch.manual_seed(1)
+    model.loss(batch, negatives).backward()
+    got = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    torch.manual_seed(1)
+    side = model.user_side(batch)
+    model.full_softmax_loss(batch, side, model.own_pairs(batch)).backward()
+    for name in ("dot_gate", "wide_weight"):
+        torch.testing.assert_close(got[name], getattr(model, name).grad)
+    assert got["mlp_pair.weight"].abs().sum() > 0  # the head learns
