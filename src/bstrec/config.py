@@ -53,11 +53,6 @@ class ModelConfig:
     wide: Literal["cooccurrence", "none"] = "cooccurrence"
     # ranking: add a user-vector . candidate-token term, trained with a full softmax too
     dot: bool = True
-    # ranking, with the tower: per user, train the head against this many movies from
-    # the top of the cheap parts' (tower + wide) ranking besides the shared uniform
-    # negatives, the cheap parts held fixed in its loss (0: uniform negatives only, the
-    # head's loss also training the tower's gate and the wide weight)
-    head_negatives: int = 0
 
 
 @dataclass

@@ -590,11 +590,9 @@ class BST(ScoringModel):
 
     # ------------------------------------------------------------------ training
     def full_softmax_loss(self, batch: Batch, side: UserSide,
-                          own: torch.Tensor | None, keep: list | None = None
-                          ) -> torch.Tensor | float:
+                          own: torch.Tensor | None) -> torch.Tensor | float:
         """Full-catalogue cross-entropy of the tower (0 without one); ``own`` (B,): the
-        targets' own co-occurrence pairs (``own_pairs``). ``keep``: a list that receives
-        the cheap parts' logits and their candidates (``head_negatives``)."""
+        targets' own co-occurrence pairs (``own_pairs``)."""
         if self.tower is None:
             return 0.0
         # the tower learns on its own, at every position (SASRec's loss) ...
@@ -607,55 +605,7 @@ class BST(ScoringModel):
             # the counts' own dtype: under autocast the logits may be bf16
             own_all = own.new_zeros(logits.shape).scatter_(1, target[:, None], own[:, None])
             logits = logits + self.wide_weight * self.wide_feature(batch, cands, own_all)
-        if keep is not None:
-            keep += [logits.detach(), cands]
         return loss + F.cross_entropy(logits, target)
-
-    def hard_negatives(self, batch: Batch, cheap: torch.Tensor, cands: torch.Tensor | None,
-                       k: int) -> torch.Tensor:
-        """(B, k) item tokens: each user's top k of the cheap parts' ranking, leaving out
-        the target and the history (never candidates at evaluation): the movies the
-        head has to order when it ranks what the cheap stage retrieves."""
-        tokens = (torch.arange(1, self.n_items + 1, device=cheap.device) if cands is None
-                  else cands)  # (C,) the columns of cheap
-        c = cheap.clone()
-        c.masked_fill_(tokens[None, :] == batch.target[:, None], float("-inf"))
-        # history tokens -> their columns (searchsorted also serves the sampled case)
-        hist = batch.hist_item
-        col = torch.searchsorted(tokens, hist).clamp(max=len(tokens) - 1)  # (B, L)
-        hit = (tokens[col] == hist) & (hist > 0)
-        rows = torch.arange(len(hist), device=hist.device)[:, None].expand_as(col)
-        c[rows[hit], col[hit]] = float("-inf")
-        return tokens[c.topk(min(k, c.shape[1] - 1), 1).indices]  # (B, k)
-
-    def _retrieved_negatives_loss(self, batch: Batch, negatives: torch.Tensor,
-                                  side: UserSide, own: torch.Tensor | None) -> torch.Tensor:
-        """The head as the ranker of a retrieval stage: per user, its target against the
-        cheap parts' top ``head_negatives`` movies and the shared uniform negatives.
-
-        The cheap parts (tower term, wide term) enter the head's logits as constants:
-        they learn from the full softmax alone, and the head learns what to add to them
-        at the top of their ranking, where it decides the top 10.
-        """
-        keep: list = []
-        full = self.full_softmax_loss(batch, side, own, keep)
-        cheap, cands = keep
-        hard = self.hard_negatives(batch, cheap, cands, self.cfg.head_negatives)  # (B, K)
-        b = len(batch)
-        cand = torch.cat([batch.target[:, None], hard, negatives[None].expand(b, -1)], 1)
-        own_c = None
-        if own is not None:
-            own_c = torch.zeros(cand.shape, dtype=own.dtype, device=own.device)
-            own_c[:, 0] = own
-        scores = self.score(batch, cand, own=own_c, side=side)  # (B, 1 + K + N)
-        fixed = self.dot_term(side, cand)
-        if self.wide is not None:
-            fixed = fixed + self.wide_weight * self.wide_feature(batch, cand, own_c)
-        logits = scores - fixed + fixed.detach()  # the head's gradient only
-        clash = cand[:, 1:] == batch.target[:, None]  # a uniform draw may be the target
-        logits = torch.cat([logits[:, :1], logits[:, 1:].masked_fill(clash, float("-inf"))], 1)
-        target = torch.zeros(b, dtype=torch.long, device=logits.device)
-        return F.cross_entropy(logits, target) + full
 
     def own_pairs(self, batch: Batch) -> torch.Tensor | None:
         """(B,) what a training target's own pairs add to its co-occurrence count."""
@@ -674,8 +624,6 @@ class BST(ScoringModel):
             # candidates: each row's positive, then negatives shared by the batch
             own = self.own_pairs(batch)
             side = self.user_side(batch)  # once for the positives and the negatives
-            if self.cfg.head_negatives > 0 and self.tower is not None:
-                return self._retrieved_negatives_loss(batch, negatives, side, own)
             pos = self.score(batch, batch.target[:, None],
                              own=None if own is None else own[:, None], side=side)  # (B, 1)
             neg = self.score(batch, negatives, side=side)  # (B, N)
