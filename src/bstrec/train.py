@@ -30,6 +30,7 @@ from bstrec.distributed import setup as setup_distributed
 from bstrec.models.factory import TRAINED, catalog_features, task_of
 from bstrec.run_dir import atomic_write_text, save_model, write_data_files
 from bstrec.training.baselines import fit_baseline_run
+from bstrec.training.memory import keep_freed_memory
 from bstrec.training.report import (
     append_jsonl,
     describe,
@@ -63,6 +64,8 @@ def train(cfg: RunConfig, ds: Dataset, out: Path, log=print, *, resume: bool = F
     ctx = setup_distributed(cfg.train.device)
     if cfg.train.threads or ctx.device.type == "cpu":
         torch.set_num_threads(cfg.train.threads or 1)
+    if ctx.device.type == "cpu" and cfg.train.keep_freed_memory:
+        keep_freed_memory()
     try:
         return _train(cfg, ds, Path(out), log if ctx.is_main else _quiet, ctx, resume)
     finally:

@@ -22,7 +22,7 @@ from bstrec.models.base import ScoringModel
 RESUMABLE_CHANGES = {"train.epochs", "train.patience", "train.max_minutes",
                      "train.checkpoint_every_steps", "train.device", "train.threads",
                      "train.progress", "train.eval_every", "train.lr", "train.weight_decay",
-                     "train.precision"}
+                     "train.precision", "train.keep_freed_memory"}
 
 class TrainingError(RuntimeError):
     """Training cannot go on (non-finite loss, bad resume state)."""
