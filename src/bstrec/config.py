@@ -59,8 +59,8 @@ class ModelConfig:
 class TrainConfig:
     seed: int = 0
     # also the horizon of the cosine schedule; 0 = the task's default, written into the
-    # run's config.yaml: ranking 12 (windows of max_len targets; about 8 minutes on one
-    # core of a 2-core machine for ml-1m-u2999), rating 6 (about 5 minutes)
+    # run's config.yaml: ranking 12 (windows of max_len targets; about 6.3 minutes on
+    # one core of a 2-core machine for ml-1m-u2999), rating 6 (about 5 minutes)
     epochs: int = 0
     batch_size: int = 512
     lr: float = 1e-2
