@@ -53,26 +53,29 @@ def main() -> int:
     for size in args.sizes:
         users = torch.randperm(rec.ds.n_users, generator=gen)[:size]
         stacked = rec.store.batch_for_users(users, rec.max_len)
-        rows = [Batch(**{k: v[i : i + 1] for k, v in stacked.__dict__.items()})
-                for i in range(len(users))]
+        rows = [
+            Batch(**{k: v[i : i + 1] for k, v in stacked.__dict__.items()})
+            for i in range(len(users))
+        ]
         with torch.no_grad():
             together = rec.model.score_all(stacked)
             alone = torch.cat([rec.model.score_all(r) for r in rows])
             ms_stacked = best_ms(lambda b=stacked: rec.model.score_all(b), args.repeat)
-            ms_alone = best_ms(lambda rs=rows: [rec.model.score_all(r) for r in rs],
-                               args.repeat)
-        emit({
-            "bench": "batch_forward",
-            "rows": len(users),
-            "stacked_ms": round(ms_stacked, 2),
-            "one_at_a_time_ms": round(ms_alone, 2),
-            "stacked_ms_per_row": round(ms_stacked / len(users), 2),
-            "one_at_a_time_ms_per_row": round(ms_alone / len(users), 2),
-            "bitwise_equal": bool(torch.equal(together, alone)),
-            "max_abs_diff": float((together - alone).abs().max()),
-            "n_movies": rec.ds.n_items,
-            "load_avg": [round(x, 2) for x in os.getloadavg()],
-        })
+            ms_alone = best_ms(lambda rs=rows: [rec.model.score_all(r) for r in rs], args.repeat)
+        emit(
+            {
+                "bench": "batch_forward",
+                "rows": len(users),
+                "stacked_ms": round(ms_stacked, 2),
+                "one_at_a_time_ms": round(ms_alone, 2),
+                "stacked_ms_per_row": round(ms_stacked / len(users), 2),
+                "one_at_a_time_ms_per_row": round(ms_alone / len(users), 2),
+                "bitwise_equal": bool(torch.equal(together, alone)),
+                "max_abs_diff": float((together - alone).abs().max()),
+                "n_movies": rec.ds.n_items,
+                "load_avg": [round(x, 2) for x in os.getloadavg()],
+            }
+        )
     return 0
 
 

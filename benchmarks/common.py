@@ -7,8 +7,9 @@ import os
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = Path(os.environ.get("BSTREC_ML1M_U2999",
-                                   ROOT.parent / "shared" / "data" / "ml-1m-u2999"))
+DEFAULT_DATA = Path(
+    os.environ.get("BSTREC_ML1M_U2999", ROOT.parent / "shared" / "data" / "ml-1m-u2999")
+)
 
 
 def emit(rec: dict) -> None:

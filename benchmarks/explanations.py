@@ -53,11 +53,15 @@ def measure(rec: Recommender, users: list, k: int, pairs: set, ds) -> dict:
                 c = (a, j) in pairs or (j, a) in pairs
                 genre_hits, pair_hits, either = genre_hits + g, pair_hits + c, either + (g or c)
                 reasons_n += 1
-    return {"users": len(users), "picks": picks_n, "reasons": reasons_n,
-            "distinct_first": distinct / max(picks_n, 1),
-            "reason_shares_genre": genre_hits / max(reasons_n, 1),
-            "reason_cooccurs": pair_hits / max(reasons_n, 1),
-            "either": either / max(reasons_n, 1)}
+    return {
+        "users": len(users),
+        "picks": picks_n,
+        "reasons": reasons_n,
+        "distinct_first": distinct / max(picks_n, 1),
+        "reason_shares_genre": genre_hits / max(reasons_n, 1),
+        "reason_cooccurs": pair_hits / max(reasons_n, 1),
+        "either": either / max(reasons_n, 1),
+    }
 
 
 def main() -> None:
@@ -70,20 +74,27 @@ def main() -> None:
     run = load_run(args.run)
     ds = run.dataset
     rows = make_split(ds, run.config.data.split).train_rows(ds.user_offsets)
-    keys, _ = count_pairs(ds.item.astype(np.int64), ds.user, rows, ds.n_items + 1, WINDOW,
-                          symmetric=False)
-    pairs = set(zip((keys // (ds.n_items + 1)).tolist(), (keys % (ds.n_items + 1)).tolist(),
-                    strict=True))
-    pick = np.random.default_rng(0).choice(ds.n_users, min(args.users, ds.n_users),
-                                           replace=False)
+    keys, _ = count_pairs(
+        ds.item.astype(np.int64), ds.user, rows, ds.n_items + 1, WINDOW, symmetric=False
+    )
+    pairs = set(
+        zip((keys // (ds.n_items + 1)).tolist(), (keys % (ds.n_items + 1)).tolist(), strict=True)
+    )
+    pick = np.random.default_rng(0).choice(ds.n_users, min(args.users, ds.n_users), replace=False)
     users = [ds.user_ids[i].item() for i in np.sort(pick)]
     model = run.model
-    print(json.dumps({"method": "model", **measure(Recommender(run), users, args.k, pairs,
-                                                    ds)}), flush=True)
+    print(
+        json.dumps({"method": "model", **measure(Recommender(run), users, args.k, pairs, ds)}),
+        flush=True,
+    )
     if hasattr(model, "attention"):  # BST
         model.explain = model.attention
-        print(json.dumps({"method": "attention", **measure(Recommender(run), users, args.k,
-                                                            pairs, ds)}), flush=True)
+        print(
+            json.dumps(
+                {"method": "attention", **measure(Recommender(run), users, args.k, pairs, ds)}
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

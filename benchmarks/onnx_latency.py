@@ -49,22 +49,28 @@ def main() -> None:
         tmp = tempfile.TemporaryDirectory()
         path = Path(tmp.name) / "model.onnx"
         res = run.export_onnx(path)
-        emit({"export_seconds": round(res.export_seconds, 1), "size_mb": res.size_bytes / 1e6,
-              "max_abs_diff": res.max_abs_diff, "parity_rows": res.parity_rows})
+        emit(
+            {
+                "export_seconds": round(res.export_seconds, 1),
+                "size_mb": res.size_bytes / 1e6,
+                "max_abs_diff": res.max_abs_diff,
+                "parity_rows": res.parity_rows,
+            }
+        )
     ds = run.dataset
     store = SequenceStore(ds, loaded.user_feature_names)
-    users = np.random.default_rng(0).choice(ds.n_users, min(args.users, ds.n_users),
-                                            replace=False)
-    batches = [store.batch_for_users(torch.tensor([int(u)]), run.config.data.max_len)
-               for u in users]
+    users = np.random.default_rng(0).choice(ds.n_users, min(args.users, ds.n_users), replace=False)
+    batches = [
+        store.batch_for_users(torch.tensor([int(u)]), run.config.data.max_len) for u in users
+    ]
     model = loaded.model.eval()
     if hasattr(model, "freeze_catalog"):
         model.freeze_catalog()  # what a serving process does once
-    scorer = CatalogueScorer(model, len(loaded.user_feature_names),
-                             run.config.model.use_user_id)
+    scorer = CatalogueScorer(model, len(loaded.user_feature_names), run.config.model.use_user_id)
     names = scorer.input_names()
-    feeds = [{n: a.numpy() for n, a in zip(names, scorer.inputs_of(b), strict=True)}
-             for b in batches]
+    feeds = [
+        {n: a.numpy() for n, a in zip(names, scorer.inputs_of(b), strict=True)} for b in batches
+    ]
 
     for threads in args.threads:
         torch.set_num_threads(threads)
@@ -91,13 +97,24 @@ def main() -> None:
         for engine, ts in times.items():
             ts = np.asarray(ts)
             p50[engine] = float(np.percentile(ts, 50))
-            emit({"engine": engine, "threads": threads, "calls": len(ts),
-                  "p50_ms": round(p50[engine], 3),
-                  "p90_ms": round(float(np.percentile(ts, 90)), 3),
-                  "mean_ms": round(float(ts.mean()), 3), "n_items": ds.n_items,
-                  "load_avg_1min": round(os.getloadavg()[0], 2)})
-        emit({"threads": threads, "onnx_over_pytorch_p50": round(p50["onnxruntime"]
-                                                                 / p50["pytorch"], 3)})
+            emit(
+                {
+                    "engine": engine,
+                    "threads": threads,
+                    "calls": len(ts),
+                    "p50_ms": round(p50[engine], 3),
+                    "p90_ms": round(float(np.percentile(ts, 90)), 3),
+                    "mean_ms": round(float(ts.mean()), 3),
+                    "n_items": ds.n_items,
+                    "load_avg_1min": round(os.getloadavg()[0], 2),
+                }
+            )
+        emit(
+            {
+                "threads": threads,
+                "onnx_over_pytorch_p50": round(p50["onnxruntime"] / p50["pytorch"], 3),
+            }
+        )
     if tmp is not None:
         tmp.cleanup()
 

@@ -51,15 +51,30 @@ def peers(ds, split, out: Path, which: list[str], sasrec_minutes: float) -> None
             m = evaluate_ranking(run.model, store, rows, cfg.data.max_len)
         tuned = {}
         if (out / name / "tuning.jsonl").exists():
-            trials = [json.loads(x) for x in
-                      (out / name / "tuning.jsonl").read_text().splitlines()]
+            trials = [json.loads(x) for x in (out / name / "tuning.jsonl").read_text().splitlines()]
             tuned = {"tuned": max(trials, key=lambda t: t.get("val_NDCG@10", -1))}
-        emit({"model": name, "split": "test", **m, "train_seconds": res.train_seconds,
-              "best_val": res.best.get("NDCG@10", res.best.get("RMSE")), **tuned})
+        emit(
+            {
+                "model": name,
+                "split": "test",
+                **m,
+                "train_seconds": res.train_seconds,
+                "best_val": res.best.get("NDCG@10", res.best.get("RMSE")),
+                **tuned,
+            }
+        )
 
 
-def bst(ds, split, store, task: str, minutes: float, out: Path, sets: list[str],
-        existing: Path | None = None) -> None:
+def bst(
+    ds,
+    split,
+    store,
+    task: str,
+    minutes: float,
+    out: Path,
+    sets: list[str],
+    existing: Path | None = None,
+) -> None:
     """Train BST (or take a finished run folder), then read its test metrics once."""
     from bstrec.run_dir import load_run
 
@@ -84,11 +99,20 @@ def bst(ds, split, store, task: str, minutes: float, out: Path, sets: list[str],
     else:
         m = evaluate_ranking(run.model, store, rows, cfg.data.max_len)
     best = summary["best_val"]
-    emit({"model": f"bst-{task}", "split": "test", **m, "run_dir": str(run_dir),
-          "train_seconds": summary["train_seconds"],
-          "best_val": {k: best.get(k) for k in ("NDCG@10", "HR@10", "RMSE", "MAE", "epoch",
-                                                "step", "train_seconds")},
-          "config": cfg.to_dict()})
+    emit(
+        {
+            "model": f"bst-{task}",
+            "split": "test",
+            **m,
+            "run_dir": str(run_dir),
+            "train_seconds": summary["train_seconds"],
+            "best_val": {
+                k: best.get(k)
+                for k in ("NDCG@10", "HR@10", "RMSE", "MAE", "epoch", "step", "train_seconds")
+            },
+            "config": cfg.to_dict(),
+        }
+    )
 
 
 def protocol_s(ds, minutes: float, sets: list[str]) -> None:
@@ -101,8 +125,9 @@ def protocol_s(ds, minutes: float, sets: list[str]) -> None:
     torch.manual_seed(cfg.train.seed)
     store = SequenceStore(ds)
     model = build_model(cfg, catalog_features(ds, store.user_feature_names))
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr,
-                            weight_decay=cfg.train.weight_decay)
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
+    )
     tr_target = torch.from_numpy(ws.train_windows[:, 3])
     tr_start = torch.from_numpy(ws.train_windows[:, 0])
     gen = torch.Generator().manual_seed(cfg.train.seed)
@@ -121,11 +146,19 @@ def protocol_s(ds, minutes: float, sets: list[str]) -> None:
             opt.step()
         epochs += 1
     train_s = time.perf_counter() - t0
-    m = evaluate_rating(model, store, ws.test_windows[:, 3], 3,
-                        hist_limit=ws.test_windows[:, 0], protocol="S")
-    emit({"model": "bst-rating", "split": "S-test (leaky, notebook comparison only)", **m,
-          "train_seconds": train_s, "epochs": epochs,
-          "train_windows": int(len(ws.train_windows))})
+    m = evaluate_rating(
+        model, store, ws.test_windows[:, 3], 3, hist_limit=ws.test_windows[:, 0], protocol="S"
+    )
+    emit(
+        {
+            "model": "bst-rating",
+            "split": "S-test (leaky, notebook comparison only)",
+            **m,
+            "train_seconds": train_s,
+            "epochs": epochs,
+            "train_windows": int(len(ws.train_windows)),
+        }
+    )
 
 
 def main(argv=None) -> int:
@@ -133,12 +166,24 @@ def main(argv=None) -> int:
     p.add_argument("--data", default=str(DEFAULT_DATA))
     p.add_argument("--out", default="runs/bench")
     p.add_argument("--only", nargs="*", default=["baselines", "sasrec", "ranking", "rating", "S"])
-    p.add_argument("--ranking-minutes", type=float, default=0.0,
-                   help="BST time limit (0: the default epochs); also SASRec's budget")
-    p.add_argument("--sasrec-minutes", type=float, default=7.5,
-                   help="SASRec's training time: the default BST run's (idle, 2 cores)")
-    p.add_argument("--rating-minutes", type=float, default=0.0,
-                   help="rating BST time limit (0: the default epochs)")
+    p.add_argument(
+        "--ranking-minutes",
+        type=float,
+        default=0.0,
+        help="BST time limit (0: the default epochs); also SASRec's budget",
+    )
+    p.add_argument(
+        "--sasrec-minutes",
+        type=float,
+        default=7.5,
+        help="SASRec's training time: the default BST run's (idle, 2 cores)",
+    )
+    p.add_argument(
+        "--rating-minutes",
+        type=float,
+        default=0.0,
+        help="rating BST time limit (0: the default epochs)",
+    )
     p.add_argument("--s-minutes", type=float, default=3.0)
     p.add_argument("--set", action="append", default=[], help="config override for BST")
     p.add_argument("--ranking-run", type=Path, help="evaluate this finished run, don't train")
@@ -151,15 +196,26 @@ def main(argv=None) -> int:
     if not data.exists():
         print(f"skipped: data not found at {data} (needs ../shared/data/ml-1m-u2999)")
         return 0
-    emit({"machine": platform.processor() or platform.machine(),
-          "threads": torch.get_num_threads(), "torch": torch.__version__, "data": str(data)})
+    emit(
+        {
+            "machine": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "data": str(data),
+        }
+    )
     ds = load_dataset(data)
     split = make_split(ds, "leave-one-out")
     store = SequenceStore(ds)
     out = Path(args.out)
     if "baselines" in args.only:
-        peers(ds, split, out, ["popularity", "itemknn", "ease", "cooccurrence",
-                               "global-mean", "user-mean", "bias"], 0.0)
+        peers(
+            ds,
+            split,
+            out,
+            ["popularity", "itemknn", "ease", "cooccurrence", "global-mean", "user-mean", "bias"],
+            0.0,
+        )
     if "sasrec" in args.only:
         peers(ds, split, out, ["sasrec"], args.sasrec_minutes)
     if "ranking" in args.only:

@@ -38,8 +38,7 @@ SIZES = {  # name: (users, movies); about 50 ratings per user
 
 def _child(code: str, env: dict) -> dict:
     """Run ``code`` in a fresh interpreter; it prints one JSON object last."""
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                         text=True)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     if out.returncode != 0:
         return {"error": out.stderr.strip().splitlines()[-1] if out.stderr else "failed"}
     rec = json.loads(out.stdout.strip().splitlines()[-1])
@@ -47,10 +46,11 @@ def _child(code: str, env: dict) -> dict:
     return rec
 
 
-PEAK = ("import resource; maxrss = lambda: "
-        "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n")
+PEAK = "import resource; maxrss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
 
-LOAD = PEAK + """
+LOAD = (
+    PEAK
+    + """
 import json, time
 from bstrec import load_dataset
 t0 = time.perf_counter(); ds = load_dataset({path!r}); first = time.perf_counter() - t0
@@ -58,8 +58,11 @@ t0 = time.perf_counter(); load_dataset({path!r}); cached = time.perf_counter() -
 print(json.dumps({{"ratings": int(len(ds.item)), "users": ds.n_users, "movies": ds.n_items,
                   "first_load_s": first, "cached_load_s": cached, "maxrss_kb": maxrss()}}))
 """
+)
 
-TRAIN = PEAK + """
+TRAIN = (
+    PEAK
+    + """
 import json, re, time, torch
 torch.set_num_threads(1)
 from bstrec import load_dataset
@@ -84,8 +87,11 @@ print(json.dumps({{"wall_s": time.perf_counter() - t0, "log": lines[:2],
     "retrieval": {{k: v for k, v in last.items() if k.startswith("retrieval")}},
     "maxrss_kb": maxrss()}}))
 """
+)
 
-SERVE = PEAK + """
+SERVE = (
+    PEAK
+    + """
 import json, time, statistics, torch
 torch.set_num_threads(1)
 t0 = time.perf_counter()
@@ -105,6 +111,7 @@ hist = timed(lambda i: rec.for_history(movies[i:i + 5], k=10), range(15))
 print(json.dumps({{"ready_s": ready, "known_user": known, "history": hist,
                   "maxrss_kb": maxrss()}}))
 """
+)
 
 
 def main() -> None:
@@ -122,20 +129,55 @@ def main() -> None:
         base = {"size": name, "users": users, "movies": movies}
         if not (path / "ratings.dat").is_file():
             t0 = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "bstrec", "data", "synth", str(path),
-                            "--users", str(users), "--movies", str(movies)], check=True,
-                           env=env, capture_output=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "bstrec",
+                    "data",
+                    "synth",
+                    str(path),
+                    "--users",
+                    str(users),
+                    "--movies",
+                    str(movies),
+                ],
+                check=True,
+                env=env,
+                capture_output=True,
+            )
             peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
-            print(json.dumps({**base, "stage": "generate", "seconds": time.perf_counter() - t0,
-                              "peak_rss_gb_so_far": peak}), flush=True)
-        print(json.dumps({**base, "stage": "load",
-                          **_child(LOAD.format(path=str(path)), env)}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        **base,
+                        "stage": "generate",
+                        "seconds": time.perf_counter() - t0,
+                        "peak_rss_gb_so_far": peak,
+                    }
+                ),
+                flush=True,
+            )
+        print(
+            json.dumps({**base, "stage": "load", **_child(LOAD.format(path=str(path)), env)}),
+            flush=True,
+        )
         out = str(Path(cache) / "run")
-        print(json.dumps({**base, "stage": "train", **_child(
-            TRAIN.format(path=str(path), out=out, minutes=args.train_minutes), env)}),
-            flush=True)
-        print(json.dumps({**base, "stage": "serve",
-                          **_child(SERVE.format(out=out), env)}), flush=True)
+        print(
+            json.dumps(
+                {
+                    **base,
+                    "stage": "train",
+                    **_child(
+                        TRAIN.format(path=str(path), out=out, minutes=args.train_minutes), env
+                    ),
+                }
+            ),
+            flush=True,
+        )
+        print(
+            json.dumps({**base, "stage": "serve", **_child(SERVE.format(out=out), env)}), flush=True
+        )
 
 
 if __name__ == "__main__":

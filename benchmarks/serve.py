@@ -91,8 +91,14 @@ def is_default_run(run: Path) -> tuple[bool, str]:
     return not notes, "; ".join(notes) or "default BST on ml-1m-u2999"
 
 
-def start_server(run: Path, port: int, threads: int, precompute: bool,
-                 model_threads: int, candidates: int | None = None) -> subprocess.Popen:
+def start_server(
+    run: Path,
+    port: int,
+    threads: int,
+    precompute: bool,
+    model_threads: int,
+    candidates: int | None = None,
+) -> subprocess.Popen:
     cmd = [
         sys.executable,
         "-m",
@@ -113,8 +119,12 @@ def start_server(run: Path, port: int, threads: int, precompute: bool,
         *(["--candidates", str(candidates)] if candidates is not None else []),
     ]
     # this checkout's code, whatever copy of bstrec the environment has installed
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            [str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]
+        ),
+    }
     return subprocess.Popen(
         cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
@@ -139,8 +149,9 @@ def wait_ready(http, proc: subprocess.Popen, timeout: float = 600) -> dict:
     raise RuntimeError(f"server not ready after {timeout:.0f} s")
 
 
-def run_load(base: str, requests: list[tuple], clients: int, deadline: float,
-             answers: dict | None = None) -> dict:
+def run_load(
+    base: str, requests: list[tuple], clients: int, deadline: float, answers: dict | None = None
+) -> dict:
     """Send `requests` from `clients` threads, closed loop; latencies in ms. With
     `answers`, each 200 answer's JSON is stored under its request."""
     import httpx
@@ -227,14 +238,23 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=400, help="per kind, concurrent phase")
     ap.add_argument("--single", type=int, default=100, help="per kind, 1-client phase")
     ap.add_argument("--threads", type=int, default=1, help="server's torch threads")
-    ap.add_argument("--model-threads", type=int, default=1,
-                    help="server's model threads (its default)")
-    ap.add_argument("--repeat", type=int, default=3,
-                    help="runs of each N-client phase; targets are judged on the median "
-                    "(a shared 2-core machine swings 2x from run to run)")
+    ap.add_argument(
+        "--model-threads", type=int, default=1, help="server's model threads (its default)"
+    )
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="runs of each N-client phase; targets are judged on the median "
+        "(a shared 2-core machine swings 2x from run to run)",
+    )
     ap.add_argument("--k", type=int, default=10)
-    ap.add_argument("--candidates", type=int, default=None,
-                    help="the server's --candidates (retrieve-then-rank)")
+    ap.add_argument(
+        "--candidates",
+        type=int,
+        default=None,
+        help="the server's --candidates (retrieve-then-rank)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
@@ -292,20 +312,23 @@ def main() -> int:
             n_during = min(len(users) // 2, args.requests)
             late = users[len(users) // 2 :]
             during_users = rng.sample(late, min(len(late), n_during))
-            during = [("GET", f"/users/{u}/recommendations?k={args.k}", None)
-                      for u in during_users]
+            during = [("GET", f"/users/{u}/recommendations?k={args.k}", None) for u in during_users]
             first: dict = {}
             res = run_load(base, during, args.clients, deadline, first)
             done = http.get("/health").json()["precompute"]
             res["users_precomputed_after"] = done["users_done"]
             results["known-user-during-precompute"] = res
-            emit(bench="serve", kind="known-user-during-precompute", clients=args.clients,
-                 **res)
+            emit(bench="serve", kind="known-user-during-precompute", clients=args.clients, **res)
 
             ready = wait_precompute(http, proc, deadline)
             to_ready = time.perf_counter() - launched
-            emit(bench="serve", kind="ready", time_to_ready_s=round(to_ready, 2),
-                 precompute_s=ready["seconds"], users=ready["users_done"])
+            emit(
+                bench="serve",
+                kind="ready",
+                time_to_ready_s=round(to_ready, 2),
+                precompute_s=ready["seconds"],
+                users=ready["users_done"],
+            )
 
             # the same requests again, now from the kept answers: the same JSON?
             again: dict = {}
@@ -313,14 +336,17 @@ def main() -> int:
             mismatched = sum(first[k] != again.get(k) for k in first)
             results["known-user-during-precompute"]["answers_differ"] = mismatched
             results["known-user-during-precompute"]["errors"] += mismatched
-            emit(bench="serve", kind="known-user-during-precompute-check",
-                 compared=len(first), answers_differ=mismatched)
+            emit(
+                bench="serve",
+                kind="known-user-during-precompute-check",
+                compared=len(first),
+                answers_differ=mismatched,
+            )
 
             n_need = args.requests + args.single + 2 * args.clients  # per kind
             picked = rng.sample(users, min(len(users), n_need))
             picked += rng.choices(users, k=n_need - len(picked))
-            user_reqs = [("GET", f"/users/{u}/recommendations?k={args.k}", None)
-                         for u in picked]
+            user_reqs = [("GET", f"/users/{u}/recommendations?k={args.k}", None) for u in picked]
             # histories: 1 to 8 real recent watches of other users, oldest first
             hist_reqs = []
             for u in rng.choices(users, k=n_need):
@@ -329,8 +355,11 @@ def main() -> int:
                 body = {"history": [w["movie_id"] for w in reversed(watched)], "k": args.k}
                 hist_reqs.append(("POST", "/recommendations", body))
         mixed_reqs = [r for pair in zip(user_reqs, hist_reqs, strict=True) for r in pair]
-        for kind, reqs in (("known-user", user_reqs), ("history", hist_reqs),
-                           ("mixed", mixed_reqs[::-1])):
+        for kind, reqs in (
+            ("known-user", user_reqs),
+            ("history", hist_reqs),
+            ("mixed", mixed_reqs[::-1]),
+        ):
             warm, rest = reqs[: 2 * args.clients], reqs[2 * args.clients :]
             run_load(base, warm, args.clients, deadline)  # connections, first-call costs
             batch, rest = rest[: args.single], rest[args.single :]
@@ -341,17 +370,24 @@ def main() -> int:
                 runs.append(res)
                 emit(bench="serve", kind=kind, clients=args.clients, run=i + 1, **res)
             results[kind] = median_of(runs)
-            emit(bench="serve", kind=kind, clients=args.clients, run="median",
-                 **results[kind])
+            emit(bench="serve", kind=kind, clients=args.clients, run="median", **results[kind])
         met_all = True
         for phase, stat, limit in TARGETS:
             res = results.get(phase, {})
             value = res.get(stat)
             met = value is not None and value <= limit and res.get("errors", 1) == 0
             met_all &= met
-            emit(bench="serve", kind="target", phase=phase, clients=args.clients,
-                 statistic=stat, target=limit, measured=value, errors=res.get("errors"),
-                 met=met)
+            emit(
+                bench="serve",
+                kind="target",
+                phase=phase,
+                clients=args.clients,
+                statistic=stat,
+                target=limit,
+                measured=value,
+                errors=res.get("errors"),
+                met=met,
+            )
         errors = sum(r.get("errors", 0) for r in results.values())
         emit(
             bench="serve",
@@ -375,8 +411,7 @@ def main() -> int:
 def median_of(runs: list[dict]) -> dict:
     """Per statistic, the median over runs; errors add up."""
     out = {}
-    for key in ("p50_ms", "p90_ms", "p99_ms", "max_ms", "rps", "queue_p50_ms",
-                "model_p50_ms"):
+    for key in ("p50_ms", "p90_ms", "p99_ms", "max_ms", "rps", "queue_p50_ms", "model_p50_ms"):
         values = sorted(r[key] for r in runs if r.get(key) is not None)
         out[key] = values[len(values) // 2] if values else None
     out["errors"] = sum(r["errors"] for r in runs)

@@ -73,9 +73,13 @@ def train_speed(ds, store, rows, cfg: RunConfig, steps: int) -> dict:
         step(i)
     dt = time.perf_counter() - t0
     tps = steps * bs / dt
-    return {"targets_per_second": tps, "train_flops_per_target": flops_per_target,
-            "achieved_flops_per_second": flops_per_target * tps, "steps": steps,
-            "batch_size": bs}
+    return {
+        "targets_per_second": tps,
+        "train_flops_per_target": flops_per_target,
+        "achieved_flops_per_second": flops_per_target * tps,
+        "steps": steps,
+        "batch_size": bs,
+    }
 
 
 def main(argv=None) -> int:
@@ -95,9 +99,14 @@ def main(argv=None) -> int:
     store = SequenceStore(ds)
     rows = training_rows(ds, split.train_end)
     peak = matmul_flops()
-    emit({"machine": platform.processor() or platform.machine(),
-          "threads": torch.get_num_threads(), "torch": torch.__version__,
-          "matmul_1024_flops_per_second": peak})
+    emit(
+        {
+            "machine": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "matmul_1024_flops_per_second": peak,
+        }
+    )
     notebook_windows_per_second = 335  # the reference notebook on these 2 cores (issue 3)
     for task in ("rating", "ranking"):
         cfg = RunConfig()
@@ -109,14 +118,22 @@ def main(argv=None) -> int:
         r["fraction_of_matmul_peak"] = r["achieved_flops_per_second"] / peak
         if task == "rating":
             r["vs_notebook_335_windows_per_second"] = (
-                r["targets_per_second"] / notebook_windows_per_second)
+                r["targets_per_second"] / notebook_windows_per_second
+            )
         emit({"benchmark": f"train-{task}", **r})
     cfg = RunConfig().override(args.set)
     model = build_model(cfg, catalog_features(ds, store.user_feature_names))
     m = evaluate_ranking(model, store, split.targets("val"), cfg.data.max_len, batch_size=64)
-    emit({"benchmark": "full-ranking-eval", "protocol": "R", "users": m["users"],
-          "movies": ds.n_items, "seconds": m["eval_seconds"],
-          "users_per_second": m["users"] / m["eval_seconds"]})
+    emit(
+        {
+            "benchmark": "full-ranking-eval",
+            "protocol": "R",
+            "users": m["users"],
+            "movies": ds.n_items,
+            "seconds": m["eval_seconds"],
+            "users_per_second": m["users"] / m["eval_seconds"],
+        }
+    )
     return 0
 
 

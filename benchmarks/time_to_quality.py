@@ -55,8 +55,10 @@ def filtered_copy(src: Path, lo: int, hi: int, dst: Path) -> Path:
     """Users lo..hi of an ML-1M-format folder, written to ``dst``."""
     dst.mkdir(parents=True, exist_ok=True)
     for name in ("ratings.dat", "users.dat"):
-        with open(src / name, encoding="latin-1") as f, open(dst / name, "w",
-                                                              encoding="latin-1") as g:
+        with (
+            open(src / name, encoding="latin-1") as f,
+            open(dst / name, "w", encoding="latin-1") as g,
+        ):
             for line in f:
                 if lo <= int(line.split("::", 1)[0]) <= hi:
                     g.write(line)
@@ -76,8 +78,9 @@ def curve_marks(history: list[dict], bar: float) -> dict:
     return out
 
 
-def run_bst(ds, out: Path, minutes: float, eval_every: float, sets: list[str], bar: float,
-            label: str) -> dict:
+def run_bst(
+    ds, out: Path, minutes: float, eval_every: float, sets: list[str], bar: float, label: str
+) -> dict:
     cfg = RunConfig()
     cfg.train.progress = False
     cfg.train.max_minutes = minutes
@@ -90,14 +93,29 @@ def run_bst(ds, out: Path, minutes: float, eval_every: float, sets: list[str], b
     t0 = time.perf_counter()
     res = train(cfg, ds, out, log=lambda _m: None)
     wall = time.perf_counter() - t0
-    curve = [{"train_seconds": round(h["train_seconds"], 1), "step": h["step"],
-              "NDCG@10": round(h["NDCG@10"], 4)} for h in res.history]
-    rec = {"model": "bst", "condition": label, "protocol": "R", "split": "val",
-           "best_val_NDCG@10": res.best.get("NDCG@10"), "peer_val_NDCG@10": bar,
-           **curve_marks(res.history, bar), "train_seconds": res.train_seconds,
-           "wall_seconds": wall, "steps": res.history[-1]["step"] if res.history else 0,
-           "targets_per_second": res.history[-1]["targets_per_second"] if res.history
-           else 0, "curve": curve, "run_dir": str(out)}
+    curve = [
+        {
+            "train_seconds": round(h["train_seconds"], 1),
+            "step": h["step"],
+            "NDCG@10": round(h["NDCG@10"], 4),
+        }
+        for h in res.history
+    ]
+    rec = {
+        "model": "bst",
+        "condition": label,
+        "protocol": "R",
+        "split": "val",
+        "best_val_NDCG@10": res.best.get("NDCG@10"),
+        "peer_val_NDCG@10": bar,
+        **curve_marks(res.history, bar),
+        "train_seconds": res.train_seconds,
+        "wall_seconds": wall,
+        "steps": res.history[-1]["step"] if res.history else 0,
+        "targets_per_second": res.history[-1]["targets_per_second"] if res.history else 0,
+        "curve": curve,
+        "run_dir": str(out),
+    }
     emit(rec)
     return rec
 
@@ -129,8 +147,15 @@ def main(argv=None) -> int:
         if args.users:
             lo, hi = (int(x) for x in args.users.split("-"))
             data = filtered_copy(data, lo, hi, tmp / f"users-{lo}-{hi}")
-    emit({"machine": platform.processor() or platform.machine(), "cpus": mp.cpu_count(),
-          "torch": torch.__version__, "data": str(data), "users": args.users})
+    emit(
+        {
+            "machine": platform.processor() or platform.machine(),
+            "cpus": mp.cpu_count(),
+            "torch": torch.__version__,
+            "data": str(data),
+            "users": args.users,
+        }
+    )
     ds = load_dataset(data, cache=False)
     split = make_split(ds, "leave-one-out")
     out = Path(args.out)
@@ -139,25 +164,46 @@ def main(argv=None) -> int:
     peer.train.progress = False
     res = train(peer, ds, out / "cooccurrence", log=lambda _m: None)
     bar = res.best["NDCG@10"]
-    emit({"model": "cooccurrence", "protocol": "R", "split": "val", "NDCG@10": bar,
-          "fit_seconds": res.train_seconds})
+    emit(
+        {
+            "model": "cooccurrence",
+            "protocol": "R",
+            "split": "val",
+            "NDCG@10": bar,
+            "fit_seconds": res.train_seconds,
+        }
+    )
     runs = []
     if args.idle:
-        runs.append(run_bst(ds, out / "bst-idle", args.minutes, args.eval_every, args.set,
-                            bar, "idle"))
+        runs.append(
+            run_bst(ds, out / "bst-idle", args.minutes, args.eval_every, args.set, bar, "idle")
+        )
     if args.busy:
         stop = mp.Event()
         spinner = mp.Process(target=_spin, args=(stop,), daemon=True)
         spinner.start()
         try:
-            runs.append(run_bst(ds, out / "bst-busy", args.minutes, args.eval_every,
-                                args.set, bar, "one busy process beside"))
+            runs.append(
+                run_bst(
+                    ds,
+                    out / "bst-busy",
+                    args.minutes,
+                    args.eval_every,
+                    args.set,
+                    bar,
+                    "one busy process beside",
+                )
+            )
         finally:
             stop.set()
             spinner.join(5)
     if len(runs) == 2 and runs[0]["minutes_to_pass_peer"] and runs[1]["minutes_to_pass_peer"]:
-        emit({"busy_over_idle_minutes_to_pass_peer":
-              runs[1]["minutes_to_pass_peer"] / runs[0]["minutes_to_pass_peer"]})
+        emit(
+            {
+                "busy_over_idle_minutes_to_pass_peer": runs[1]["minutes_to_pass_peer"]
+                / runs[0]["minutes_to_pass_peer"]
+            }
+        )
     if args.test:
         store = SequenceStore(ds)
         rows = split.targets("test")

@@ -78,10 +78,17 @@ def worker(args) -> None:
     finally:
         ctx.close()
     if ctx.is_main:
-        emit(task=args.task, processes=ctx.world, threads_per_process=args.threads,
-             steps=args.steps, global_batch=cfg.train.batch_size, targets=targets,
-             seconds=round(seconds, 3), step_ms=round(1000 * seconds / args.steps, 1),
-             targets_per_second=round(targets / seconds, 1))
+        emit(
+            task=args.task,
+            processes=ctx.world,
+            threads_per_process=args.threads,
+            steps=args.steps,
+            global_batch=cfg.train.batch_size,
+            targets=targets,
+            seconds=round(seconds, 3),
+            step_ms=round(1000 * seconds / args.steps, 1),
+            targets_per_second=round(targets / seconds, 1),
+        )
 
 
 def free_port() -> int:
@@ -91,14 +98,31 @@ def free_port() -> int:
 
 
 def run_setting(args, task: str, processes: int, threads: int) -> dict:
-    me = [str(Path(__file__).resolve()), str(args.data), "--worker", "--task", task,
-          "--threads", str(threads), "--steps", str(args.steps), "--warmup",
-          str(args.warmup)] + [a for kv in args.set for a in ("--set", kv)]
+    me = [
+        str(Path(__file__).resolve()),
+        str(args.data),
+        "--worker",
+        "--task",
+        task,
+        "--threads",
+        str(threads),
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+    ] + [a for kv in args.set for a in ("--set", kv)]
     if processes == 1:
         cmd = [sys.executable, *me]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}",
-               "--master_addr=127.0.0.1", f"--master_port={free_port()}", *me]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc_per_node={processes}",
+            "--master_addr=127.0.0.1",
+            f"--master_port={free_port()}",
+            *me,
+        ]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     if p.returncode != 0:
@@ -129,21 +153,35 @@ def main() -> None:
         return
     import torch
 
-    emit(benchmark="train_throughput", data=str(args.data), torch=torch.__version__,
-         cpus=os.cpu_count(), machine=platform.machine(), steps=args.steps,
-         warmup=args.warmup, overrides=args.set)
+    emit(
+        benchmark="train_throughput",
+        data=str(args.data),
+        torch=torch.__version__,
+        cpus=os.cpu_count(),
+        machine=platform.machine(),
+        steps=args.steps,
+        warmup=args.warmup,
+        overrides=args.set,
+    )
     for task in args.tasks.split(","):
         one_1 = run_setting(args, task, 1, 1)
         one_2 = run_setting(args, task, 1, 2)
         two_1 = run_setting(args, task, 2, 1)
-        emit(task=task, summary=True,
-             targets_per_second={"1proc_1thread": one_1["targets_per_second"],
-                                 "1proc_2threads": one_2["targets_per_second"],
-                                 "2procs_1thread_each": two_1["targets_per_second"]},
-             ratio_2procs_vs_1proc_1thread=round(
-                 two_1["targets_per_second"] / one_1["targets_per_second"], 3),
-             ratio_2procs_vs_1proc_2threads=round(
-                 two_1["targets_per_second"] / one_2["targets_per_second"], 3))
+        emit(
+            task=task,
+            summary=True,
+            targets_per_second={
+                "1proc_1thread": one_1["targets_per_second"],
+                "1proc_2threads": one_2["targets_per_second"],
+                "2procs_1thread_each": two_1["targets_per_second"],
+            },
+            ratio_2procs_vs_1proc_1thread=round(
+                two_1["targets_per_second"] / one_1["targets_per_second"], 3
+            ),
+            ratio_2procs_vs_1proc_2threads=round(
+                two_1["targets_per_second"] / one_2["targets_per_second"], 3
+            ),
+        )
 
 
 if __name__ == "__main__":

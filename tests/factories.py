@@ -7,8 +7,9 @@ import numpy as np
 from bstrec.data.interactions import ItemTable, UserTable, build_dataset, encode_categorical
 
 
-def tiny_dataset(n_users: int = 30, n_items: int = 40, per_user: int = 12, seed: int = 0,
-                 chain: bool = True):
+def tiny_dataset(
+    n_users: int = 30, n_items: int = 40, per_user: int = 12, seed: int = 0, chain: bool = True
+):
     """Users walk a chain of movies (i -> i + 1) from random starts, with noise.
 
     Timestamps repeat (several ratings per second), as in MovieLens.
@@ -42,8 +43,16 @@ def tiny_dataset(n_users: int = 30, n_items: int = 40, per_user: int = 12, seed:
             "age": encode_categorical((uids % 3).astype(str)),
         },
     )
-    return build_dataset("tiny", np.array(users), np.array(items), np.array(ratings, float),
-                         np.array(times), table, users_tab, {"tiny": str(seed)})
+    return build_dataset(
+        "tiny",
+        np.array(users),
+        np.array(items),
+        np.array(ratings, float),
+        np.array(times),
+        table,
+        users_tab,
+        {"tiny": str(seed)},
+    )
 
 
 def counting_validator(ds, split, max_len: int = 6):

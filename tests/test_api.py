@@ -15,9 +15,16 @@ from bstrec.cli import app
 from bstrec.config import RunConfig
 from tests.factories import tiny_dataset
 
-TINY = {"model__dim": 16, "model__heads": 2, "model__mlp": [16, 8], "data__max_len": 5,
-        "train__epochs": 2, "train__batch_size": 64, "train__negatives": 8,
-        "train__eval_every": 1.0}
+TINY = {
+    "model__dim": 16,
+    "model__heads": 2,
+    "model__mlp": [16, 8],
+    "data__max_len": 5,
+    "train__epochs": 2,
+    "train__batch_size": 64,
+    "train__negatives": 8,
+    "train__eval_every": 1.0,
+}
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +39,7 @@ def run(ds, tmp_path_factory):
 
 
 def _seen(ds, u: int) -> set:
-    return set(ds.item_ids[ds.item[ds.user_offsets[u]:ds.user_offsets[u + 1]]].tolist())
+    return set(ds.item_ids[ds.item[ds.user_offsets[u] : ds.user_offsets[u + 1]]].tolist())
 
 
 def test_fit_writes_a_run_that_load_run_reads(run):
@@ -57,8 +64,9 @@ def test_evaluate_names_its_protocol_and_equals_the_command(run):
     assert r.exit_code == 0, r.output
     cli = json.loads(r.output)
     drop = ("eval_seconds",)  # wall time: the only figure allowed to differ
-    assert {k: v for k, v in cli.items() if k not in drop} == \
-        {k: v for k, v in m.items() if k not in drop}
+    assert {k: v for k, v in cli.items() if k not in drop} == {
+        k: v for k, v in m.items() if k not in drop
+    }
     # a fixed, seeded sample of users, and R-paper labelled as such
     assert run.evaluate("test", users=10)["users"] == 10
     assert run.evaluate("test", paper=True)["protocol"] == "R-paper"
@@ -77,8 +85,9 @@ def test_recommend_for_a_user_unseen_sorted_with_reasons(run, ds):
     assert recs.user_id == int(ds.user_ids[u])
     assert recs.history[0].rating is not None  # a known user's watches, newest first
     # the command prints the same records
-    r = CliRunner().invoke(app, ["recommend", str(run.path), "--user", str(ds.user_ids[u]),
-                                 "-k", "5", "--json"])
+    r = CliRunner().invoke(
+        app, ["recommend", str(run.path), "--user", str(ds.user_ids[u]), "-k", "5", "--json"]
+    )
     assert r.exit_code == 0, r.output
     assert json.loads(r.output) == json.loads(json.dumps(recs.to_dict()))
 
@@ -88,8 +97,7 @@ def test_recommendations_as_a_table(run, ds):
     recs = run.recommend(user=int(ds.user_ids[0]), k=4)
     df = recs.to_pandas()
     assert isinstance(df, pd.DataFrame)
-    assert list(df.columns) == ["rank", "movie_id", "title", "year", "genres", "score",
-                                "because"]
+    assert list(df.columns) == ["rank", "movie_id", "title", "year", "genres", "score", "because"]
     assert df["rank"].tolist() == [1, 2, 3, 4]
     assert df["title"].tolist() == [p.title for p in recs]
     assert df["because"].iloc[0] == "; ".join(b.title for b in recs[0].because)
@@ -107,7 +115,7 @@ def test_history_recommendations_and_explanations_agree(run, ds):
         assert ex.rank == rank and ex.candidates == ds.n_items - len(hist)
         assert sorted(c.movie_id for c in ex.contributions) == sorted(hist)
         assert sum(c.weight for c in ex.contributions) <= 1 + 1e-6
-        top = [c.movie_id for c in ex.contributions[:len(pick.because)]]
+        top = [c.movie_id for c in ex.contributions[: len(pick.because)]]
         assert top == [b.movie_id for b in pick.because]
 
 
@@ -129,16 +137,19 @@ def test_explain_for_a_user(run, ds):
     assert json.loads(json.dumps(ex.to_dict()))["movie_id"] == top.movie_id
 
 
-@pytest.mark.parametrize("call, match", [
-    (lambda r: r.recommend(), "exactly one of user= or history="),
-    (lambda r: r.recommend(user=1, history=[10]), "exactly one of"),
-    (lambda r: r.recommend(user=1, k=0), "k must be a whole number >= 1"),
-    (lambda r: r.recommend(history="10,11"), "not a string"),
-    (lambda r: r.recommend(history=[]), "at least one movie id"),
-    (lambda r: r.recommend(user=1, user_features={"gender": "F"}), "go with a history"),
-    (lambda r: r.evaluate("train"), "split must be 'val' or 'test'"),
-    (lambda r: r.evaluate("val", users=-1), "users must be"),
-])
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda r: r.recommend(), "exactly one of user= or history="),
+        (lambda r: r.recommend(user=1, history=[10]), "exactly one of"),
+        (lambda r: r.recommend(user=1, k=0), "k must be a whole number >= 1"),
+        (lambda r: r.recommend(history="10,11"), "not a string"),
+        (lambda r: r.recommend(history=[]), "at least one movie id"),
+        (lambda r: r.recommend(user=1, user_features={"gender": "F"}), "go with a history"),
+        (lambda r: r.evaluate("train"), "split must be 'val' or 'test'"),
+        (lambda r: r.evaluate("val", users=-1), "users must be"),
+    ],
+)
 def test_bad_calls_raise_argument_errors(run, call, match):
     with pytest.raises(ArgumentError, match=match):
         call(run)

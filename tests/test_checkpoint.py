@@ -12,11 +12,14 @@ from bstrec.checkpoint import CheckpointError
 
 
 def _state(step: int) -> dict:
-    return {"model": {"w": torch.full((50, 8), float(step))}, "optimizer": {"state": {}},
-            "rng": {"generator": torch.Generator().manual_seed(step).get_state()},
-            "progress": {"epoch": 0, "batch": step, "step": step, "stop_reason": ""},
-            "best": {"score": -float("inf"), "record": {}, "bad_evals": 0},
-            "history": [{"epoch": 0, "NDCG@10": 0.5, "protocol": "R"}]}
+    return {
+        "model": {"w": torch.full((50, 8), float(step))},
+        "optimizer": {"state": {}},
+        "rng": {"generator": torch.Generator().manual_seed(step).get_state()},
+        "progress": {"epoch": 0, "batch": step, "step": step, "stop_reason": ""},
+        "best": {"score": -float("inf"), "record": {}, "bad_evals": 0},
+        "history": [{"epoch": 0, "NDCG@10": 0.5, "protocol": "R"}],
+    }
 
 
 def test_save_keeps_the_previous_checkpoint_and_loads_the_latest(tmp_path):
@@ -84,8 +87,10 @@ class Evil:
 def test_arbitrary_pickled_objects_are_refused(tmp_path):
     folder = tmp_path / "checkpoint"
     folder.mkdir()
-    torch.save({**_state(1), "format": checkpoint.FORMAT, "version": checkpoint.VERSION,
-                "extra": Evil()}, folder / "last.pt")
+    torch.save(
+        {**_state(1), "format": checkpoint.FORMAT, "version": checkpoint.VERSION, "extra": Evil()},
+        folder / "last.pt",
+    )
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
         checkpoint.read(folder / "last.pt")
 
@@ -93,16 +98,36 @@ def test_arbitrary_pickled_objects_are_refused(tmp_path):
 def test_no_temp_files_are_left_behind(tmp_path):
     for step in range(3):
         checkpoint.save(tmp_path, _state(step))
-    assert sorted(p.name for p in (tmp_path / "checkpoint").iterdir()) == [
-        "last.pt", "previous.pt"]
+    assert sorted(p.name for p in (tmp_path / "checkpoint").iterdir()) == ["last.pt", "previous.pt"]
 
 
 def _tiny_cli_args(data, out, *extra):
-    return ["train", "--data", str(data), "--out", str(out), "--device", "cpu",
-            "--set", "model.dim=16", "--set", "model.mlp=[16, 8]", "--set", "data.max_len=5",
-            "--set", "train.batch_size=32", "--set", "train.negatives=8",
-            "--set", "train.threads=1", "--set", "train.progress=false",
-            "--set", "train.eval_every=1", *extra]
+    return [
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--set",
+        "model.dim=16",
+        "--set",
+        "model.mlp=[16, 8]",
+        "--set",
+        "data.max_len=5",
+        "--set",
+        "train.batch_size=32",
+        "--set",
+        "train.negatives=8",
+        "--set",
+        "train.threads=1",
+        "--set",
+        "train.progress=false",
+        "--set",
+        "train.eval_every=1",
+        *extra,
+    ]
 
 
 @pytest.fixture
@@ -125,8 +150,12 @@ def test_cli_resume_from_a_corrupt_checkpoint(tmp_path, synth_data, restore_thre
 
     runner = CliRunner()
     run = tmp_path / "run"
-    r = runner.invoke(app, _tiny_cli_args(synth_data, run, "--set", "train.epochs=1",
-                                          "--set", "train.checkpoint_every_steps=3"))
+    r = runner.invoke(
+        app,
+        _tiny_cli_args(
+            synth_data, run, "--set", "train.epochs=1", "--set", "train.checkpoint_every_steps=3"
+        ),
+    )
     assert r.exit_code == 0, r.output
     last = run / "checkpoint" / "last.pt"
     good = last.read_bytes()
@@ -136,8 +165,10 @@ def test_cli_resume_from_a_corrupt_checkpoint(tmp_path, synth_data, restore_thre
     assert r.exit_code == 0, r.output
     assert f"{last}: corrupt or truncated" in r.output
     assert "resuming from" in r.output and "previous.pt" in r.output
-    assert [int(line.split('"epoch": ')[1].split(",")[0])
-            for line in (run / "metrics.jsonl").read_text().splitlines()] == [0, 1]
+    assert [
+        int(line.split('"epoch": ')[1].split(",")[0])
+        for line in (run / "metrics.jsonl").read_text().splitlines()
+    ] == [0, 1]
     # both damaged: a clear error naming the files, exit status 1
     for name in ("last.pt", "previous.pt"):
         (run / "checkpoint" / name).write_bytes(b"\0" * 64)
@@ -151,8 +182,10 @@ def test_cli_resume_refuses_changed_settings(tmp_path, synth_data, restore_threa
 
     runner = CliRunner()
     run = tmp_path / "run"
-    assert runner.invoke(app, _tiny_cli_args(synth_data, run, "--set", "train.epochs=1")
-                         ).exit_code == 0
+    assert (
+        runner.invoke(app, _tiny_cli_args(synth_data, run, "--set", "train.epochs=1")).exit_code
+        == 0
+    )
     r = runner.invoke(app, ["train", "--resume", str(run), "--set", "train.batch_size=7"])
     assert r.exit_code == 1 and "train.batch_size: 32 -> 7" in r.output
     r = runner.invoke(app, ["train", "--resume", str(run), "--model", "popularity"])

@@ -14,8 +14,12 @@ from tests.factories import tiny_dataset
 
 def test_ties_count_above_the_target():
     scores = torch.tensor([[1.0, 1.0, 1.0, 1.0]])
-    rank = target_ranks(scores, torch.tensor([2]), torch.tensor([], dtype=torch.long),
-                        torch.tensor([], dtype=torch.long))
+    rank = target_ranks(
+        scores,
+        torch.tensor([2]),
+        torch.tensor([], dtype=torch.long),
+        torch.tensor([], dtype=torch.long),
+    )
     assert rank.item() == 3  # a model that scores everything alike ranks the target last
 
 
@@ -91,8 +95,7 @@ def test_non_finite_scores_are_never_hits():
     scores = torch.tensor([[nan, 1.0, 0.5, inf], [2.0, nan, 1.0, 0.0]])
     assert target_ranks(scores, torch.tensor([1, 1]), *none).tolist() == [2, 3]
     # seen movies stay excluded even when their scores are NaN
-    ranks = target_ranks(scores, torch.tensor([1, 0]), torch.tensor([0, 0]),
-                         torch.tensor([0, 3]))
+    ranks = target_ranks(scores, torch.tensor([1, 0]), torch.tensor([0, 0]), torch.tensor([0, 3]))
     assert ranks.tolist() == [0, 1]
 
 

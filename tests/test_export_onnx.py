@@ -11,8 +11,11 @@ import torch
 from typer.testing import CliRunner
 
 for _module in ("onnx", "onnxruntime", "onnxscript"):
-    pytest.importorskip(_module, reason=f"ONNX export tests need the 'onnx' extra ({_module} "
-                        "is not installed): pip install -e '.[onnx]'")
+    pytest.importorskip(
+        _module,
+        reason=f"ONNX export tests need the 'onnx' extra ({_module} "
+        "is not installed): pip install -e '.[onnx]'",
+    )
 
 import bstrec  # noqa: E402
 from bstrec.cli import app  # noqa: E402
@@ -20,8 +23,15 @@ from bstrec.data.batches import SequenceStore, gap_bucket, history_batch  # noqa
 from bstrec.export_onnx import gap_thresholds, onnx_session  # noqa: E402
 from tests.factories import tiny_dataset  # noqa: E402
 
-TINY = {"model__dim": 16, "model__heads": 2, "model__mlp": [16, 8], "data__max_len": 5,
-        "train__epochs": 1, "train__batch_size": 64, "train__negatives": 8}
+TINY = {
+    "model__dim": 16,
+    "model__heads": 2,
+    "model__mlp": [16, 8],
+    "data__max_len": 5,
+    "train__epochs": 1,
+    "train__batch_size": 64,
+    "train__negatives": 8,
+}
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +44,9 @@ def run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def exported(run, tmp_path_factory):
     path = tmp_path_factory.mktemp("onnx-out") / "model.onnx"
-    r = CliRunner().invoke(app, ["export", str(run.path), "--format", "onnx", "--out",
-                                 str(path), "--json"])
+    r = CliRunner().invoke(
+        app, ["export", str(run.path), "--format", "onnx", "--out", str(path), "--json"]
+    )
     assert r.exit_code == 0, r.output
     return path, json.loads(r.output)
 
@@ -47,23 +58,39 @@ def _histories(run):
     store = SequenceStore(ds, run.loaded.user_feature_names)
     batches = [store.batch_for_users(torch.arange(0, ds.n_users, 3), run.config.data.max_len)]
     for toks, feats in (([4], [0, 0]), ([7, 9], [1, 2]), ([1, 2, 3], [2, 1]), ([], [0, 0])):
-        batches.append(history_batch(toks, run.config.data.max_len, 2, user_feats=feats,
-                                     times=[100 * i for i in range(len(toks))] or None,
-                                     now=500 if toks else None))
+        batches.append(
+            history_batch(
+                toks,
+                run.config.data.max_len,
+                2,
+                user_feats=feats,
+                times=[100 * i for i in range(len(toks))] or None,
+                now=500 if toks else None,
+            )
+        )
     return batches
 
 
 def _feed(sidecar, batch) -> dict:
-    by_name = {"hist_item": batch.hist_item, "hist_rating": batch.hist_rating,
-               "hist_gap": batch.hist_gap, "user_feats": batch.user_feats, "user": batch.user}
+    by_name = {
+        "hist_item": batch.hist_item,
+        "hist_rating": batch.hist_rating,
+        "hist_gap": batch.hist_gap,
+        "user_feats": batch.user_feats,
+        "user": batch.user,
+    }
     return {i["name"]: by_name[i["name"]].numpy().astype(np.int64) for i in sidecar["inputs"]}
 
 
 def test_onnx_runtime_scores_equal_pytorch(run, exported):
     path, body = exported
     sidecar = json.loads(path.with_name(path.name + ".json").read_text())
-    assert [i["name"] for i in sidecar["inputs"]] == ["hist_item", "hist_rating", "hist_gap",
-                                                      "user_feats"]
+    assert [i["name"] for i in sidecar["inputs"]] == [
+        "hist_item",
+        "hist_rating",
+        "hist_gap",
+        "user_feats",
+    ]
     assert sidecar["outputs"][0]["shape"] == ["batch", run.dataset.n_items]
     assert body["max_abs_diff"] <= 1e-4 and sidecar["parity"]["max_abs_diff"] <= 1e-4
     sess = onnx_session(path)
@@ -87,9 +114,10 @@ def test_a_service_can_rank_from_the_sidecar_alone(run, exported):
     ds = run.dataset
     u = 4
     batch = SequenceStore(ds, run.loaded.user_feature_names).batch_for_users(
-        torch.tensor([u]), sidecar["max_len"])
+        torch.tensor([u]), sidecar["max_len"]
+    )
     scores = onnx_session(path).run(["scores"], _feed(sidecar, batch))[0][0]
-    seen = ds.item[ds.user_offsets[u]:ds.user_offsets[u + 1]]
+    seen = ds.item[ds.user_offsets[u] : ds.user_offsets[u + 1]]
     scores[seen] = -np.inf
     top = [sidecar["item_ids"][j] for j in np.argsort(-scores, kind="stable")[:10]]
     picks = [p.movie_id for p in run.recommend(user=int(ds.user_ids[u]), k=10)]
@@ -99,8 +127,9 @@ def test_a_service_can_rank_from_the_sidecar_alone(run, exported):
 
 def test_gap_thresholds_reproduce_the_gap_buckets():
     t = np.asarray(gap_thresholds())
-    gaps = np.concatenate([np.arange(0, 5000), np.unique(np.logspace(3, 12, 4000).astype(int)),
-                           t, t - 1, t + 1])
+    gaps = np.concatenate(
+        [np.arange(0, 5000), np.unique(np.logspace(3, 12, 4000).astype(int)), t, t - 1, t + 1]
+    )
     gaps = gaps[gaps >= 0]
     want = gap_bucket(torch.from_numpy(gaps)).numpy()
     got = 1 + (gaps[:, None] >= t[None, :]).sum(1)
@@ -118,13 +147,15 @@ def test_large_catalogue_wide_part_exports_without_a_dense_matrix(run, tmp_path,
     assert isinstance(scorer.model.wide.counts, ex._PaddedRows)
     batch = _histories(run)[0]
     with torch.no_grad():
-        assert torch.allclose(scorer(*scorer.inputs_of(batch)), run.model.score_all(batch),
-                              atol=1e-5)
+        assert torch.allclose(
+            scorer(*scorer.inputs_of(batch)), run.model.score_all(batch), atol=1e-5
+        )
 
 
 def test_export_errors(run, tmp_path):
-    r = CliRunner().invoke(app, ["export", str(run.path), "--format", "tflite", "--out",
-                                 str(tmp_path / "m")])
+    r = CliRunner().invoke(
+        app, ["export", str(run.path), "--format", "tflite", "--out", str(tmp_path / "m")]
+    )
     assert r.exit_code == 2 and "--format must be one of onnx" in r.output
     r = CliRunner().invoke(app, ["export", str(tmp_path), "--out", str(tmp_path / "m.onnx")])
     assert r.exit_code == 1 and "not a run folder" in r.output
@@ -137,8 +168,11 @@ def test_missing_onnx_packages_are_named_with_the_extra(run, tmp_path, monkeypat
     from bstrec.export_onnx import ExportError
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "onnxscript" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "onnxscript" else real(name, *a),
+    )
     with pytest.raises(ExportError, match=r"onnxscript missing\): pip install 'bstrec\[onnx\]'"):
         run.export_onnx(tmp_path / "m.onnx")
     assert not list(tmp_path.iterdir())
@@ -149,8 +183,9 @@ def test_a_graph_with_a_fixed_batch_size_is_refused(tmp_path):
     from bstrec.export_onnx import ExportError
 
     run = bstrec.fit(tiny_dataset(), out=tmp_path / "pop", model="popularity", log=None)
-    with pytest.raises(ExportError, match="model popularity: the exported graph fixes the "
-                       "batch size"):
+    with pytest.raises(
+        ExportError, match="model popularity: the exported graph fixes the batch size"
+    ):
         run.export_onnx(tmp_path / "out" / "pop.onnx")
     assert list((tmp_path / "out").iterdir()) == []
 
@@ -160,8 +195,9 @@ def test_the_parity_check_refuses_a_graph_that_scores_differently(run, tmp_path,
     import bstrec.export_onnx as ex
 
     monkeypatch.setattr(ex, "DENSE_MAX_ITEMS", 0)
-    monkeypatch.setattr(ex._PaddedRows, "weighted_rows",
-                        lambda self, last, w: torch.zeros(last.shape[0], self.size))
+    monkeypatch.setattr(
+        ex._PaddedRows, "weighted_rows", lambda self, last, w: torch.zeros(last.shape[0], self.size)
+    )
     with pytest.raises(ex.ExportError, match="differ from PyTorch's by up to"):
         run.export_onnx(tmp_path / "bad.onnx")
     assert list(tmp_path.iterdir()) == []

@@ -26,8 +26,9 @@ def test_scores_on_cuda_equal_scores_on_cpu(task):
     gpu = model.to("cuda").score(batch.to("cuda"), cands.to("cuda")).cpu()
     torch.testing.assert_close(gpu, cpu, rtol=1e-3, atol=1e-3)
     model.freeze_catalog()
-    torch.testing.assert_close(model.score_all(batch.to("cuda")).cpu()[:, :len(cands)],
-                               cpu, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(
+        model.score_all(batch.to("cuda")).cpu()[:, : len(cands)], cpu, rtol=1e-3, atol=1e-3
+    )
 
 
 def test_training_on_cuda_in_bf16_saves_a_run_that_loads_on_cpu(tmp_path):

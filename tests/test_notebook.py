@@ -13,8 +13,14 @@ import bstrec
 from bstrec.data.synth import synthesize
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "examples" / "quickstart.ipynb"
-TINY = {"model__dim": 16, "model__heads": 2, "model__mlp": [16, 8], "data__max_len": 8,
-        "train__batch_size": 64, "train__negatives": 8}
+TINY = {
+    "model__dim": 16,
+    "model__heads": 2,
+    "model__mlp": [16, 8],
+    "data__max_len": 8,
+    "train__batch_size": 64,
+    "train__negatives": 8,
+}
 
 
 def test_the_notebook_is_committed_without_outputs():
@@ -26,8 +32,7 @@ def test_the_notebook_is_committed_without_outputs():
 
 def test_the_notebook_runs_on_generated_data(tmp_path, monkeypatch):
     for module in ("nbclient", "nbformat", "ipykernel"):
-        pytest.importorskip(module, reason=f"running the notebook needs {module} (the dev "
-                            "extra)")
+        pytest.importorskip(module, reason=f"running the notebook needs {module} (the dev extra)")
     import nbformat
     from nbclient import NotebookClient
 
@@ -44,14 +49,16 @@ def test_the_notebook_runs_on_generated_data(tmp_path, monkeypatch):
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     nb = nbformat.read(NOTEBOOK, as_version=4)
     t0 = time.perf_counter()
-    NotebookClient(nb, timeout=120, kernel_name="python3",
-                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    NotebookClient(
+        nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
     seconds = time.perf_counter() - t0
     print(f"notebook executed in {seconds:.1f}s")
 
     code = [c for c in nb.cells if c.cell_type == "code"]
-    text = "\n".join(o.get("text", "") + o.get("data", {}).get("text/plain", "")
-                     for c in code for o in c.outputs)
+    text = "\n".join(
+        o.get("text", "") + o.get("data", {}).get("text/plain", "") for c in code for o in c.outputs
+    )
     assert "error" not in {o.output_type for c in code for o in c.outputs}
     # the comparison table names every model; the recommendations have titles
     for name in ("popularity", "itemknn", "ease", "cooccurrence", "bst"):

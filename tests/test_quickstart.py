@@ -12,12 +12,18 @@ def test_quickstart_trains_compares_and_recommends(tmp_path):
     data = tmp_path / "synth"
     synthesize(data, n_users=120, n_movies=80, seed=1)
     out = tmp_path / "runs"
-    r = CliRunner().invoke(app, ["quickstart", "--data", str(data), "--out", str(out),
-                                 "--epochs", "1", "--json"])
+    r = CliRunner().invoke(
+        app, ["quickstart", "--data", str(data), "--out", str(out), "--epochs", "1", "--json"]
+    )
     assert r.exit_code == 0, r.output
     body = json.loads(r.output)
-    assert [row["model"] for row in body["test_protocol_R"]] == ["popularity", "itemknn", "ease",
-                                                                 "cooccurrence", "bst"]
+    assert [row["model"] for row in body["test_protocol_R"]] == [
+        "popularity",
+        "itemknn",
+        "ease",
+        "cooccurrence",
+        "bst",
+    ]
     assert all(row["protocol"] == "R" and row["users"] == 120 for row in body["test_protocol_R"])
     picks = body["example"]["picks"]
     assert len(picks) == 10 and all(p["title"] for p in picks)

@@ -34,7 +34,7 @@ def test_known_user_gets_unseen_movies_with_titles_and_reasons(run_dir):
     raw_user = int(ds.user_ids[3])
     res = rec.for_user(raw_user, k=5)
     u = 3
-    seen = set(ds.item_ids[ds.item[ds.user_offsets[u]:ds.user_offsets[u + 1]]].tolist())
+    seen = set(ds.item_ids[ds.item[ds.user_offsets[u] : ds.user_offsets[u + 1]]].tolist())
     assert len(res) == 5
     assert not seen & {p.movie_id for p in res}
     assert all(p.title.startswith("Movie ") for p in res)
@@ -77,8 +77,9 @@ def test_unknown_ids_are_clear_errors(run_dir):
 def test_recommend_cli_json_and_errors(run_dir):
     out, ds = run_dir
     runner = CliRunner()
-    r = runner.invoke(app, ["recommend", str(out), "--user", str(ds.user_ids[0]), "-k", "3",
-                            "--json"])
+    r = runner.invoke(
+        app, ["recommend", str(out), "--user", str(ds.user_ids[0]), "-k", "3", "--json"]
+    )
     assert r.exit_code == 0, r.output
     body = json.loads(r.output)
     assert len(body["picks"]) == 3 and body["picks"][0]["title"]
@@ -117,8 +118,10 @@ def test_precomputed_rankings_match_on_demand_ones(run_dir):
 
 
 def _same(a, b) -> bool:
-    return all(np.array_equal(getattr(a, f), getattr(b, f))
-               for f in ("items", "scores", "reason_items", "reason_weights"))
+    return all(
+        np.array_equal(getattr(a, f), getattr(b, f))
+        for f in ("items", "scores", "reason_items", "reason_weights")
+    )
 
 
 def test_a_query_ranks_the_same_in_any_batch(run_dir):
@@ -143,8 +146,9 @@ def test_a_query_ranks_the_same_in_any_batch(run_dir):
     together = rec.rank(queries[::-1])[::-1]
     assert all(_same(a, b) for a, b in zip(together, alone, strict=True))
     unseen = [ds.n_items - len(set(q.seen.tolist())) for q in queries]
-    assert [len(r.items) for r in alone] == [min(q.depth, n) for q, n in zip(queries, unseen,
-                                                                             strict=True)]
+    assert [len(r.items) for r in alone] == [
+        min(q.depth, n) for q, n in zip(queries, unseen, strict=True)
+    ]
     assert any((r.reason_items >= 0).any() for r in alone), "reasons are kept"
 
 

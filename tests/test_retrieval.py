@@ -91,8 +91,12 @@ def test_evaluate_command_retrieves_when_asked(tmp_path):
     from tests.factories import tiny_dataset
     from tests.test_train_precision import SMALL
 
-    train(RunConfig().override([*SMALL, "train.epochs=1"]), tiny_dataset(), tmp_path / "r",
-          log=lambda _m: None)
+    train(
+        RunConfig().override([*SMALL, "train.epochs=1"]),
+        tiny_dataset(),
+        tmp_path / "r",
+        log=lambda _m: None,
+    )
     out = {}
     for args in ([], ["--candidates", "5"]):
         r = CliRunner().invoke(app, ["evaluate", str(tmp_path / "r"), "--json", *args])
@@ -114,8 +118,7 @@ def test_recommender_retrieves_when_asked_and_keeps_the_top_picks(tmp_path):
     from tests.test_train_precision import SMALL
 
     ds = tiny_dataset()
-    train(RunConfig().override([*SMALL, "train.epochs=1"]), ds, tmp_path / "r",
-          log=lambda _m: None)
+    train(RunConfig().override([*SMALL, "train.epochs=1"]), ds, tmp_path / "r", log=lambda _m: None)
     full = Recommender(load_run(tmp_path / "r"))
     assert full.candidates == 0  # a small catalogue: the whole of it by default
     every = Recommender(load_run(tmp_path / "r"), candidates=ds.n_items)

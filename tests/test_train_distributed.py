@@ -167,11 +167,12 @@ def test_two_ranks_train_the_same_model_as_one_process(runs, name):
         # every key score of a query), the middle third of in_proj_bias
         for k in [k for k in single if k.endswith("self_attn.in_proj_bias")]:
             d = single[k].shape[0] // 3
-            assert (ddp[k][d:2 * d] - single[k][d:2 * d]).abs().max() <= 2 * lr * steps + 1e-6
-            ddp[k][d:2 * d] = single[k][d:2 * d]
+            assert (ddp[k][d : 2 * d] - single[k][d : 2 * d]).abs().max() <= 2 * lr * steps + 1e-6
+            ddp[k][d : 2 * d] = single[k][d : 2 * d]
     for k in single:
-        torch.testing.assert_close(ddp[k], single[k], atol=ATOL, rtol=RTOL,
-                                   msg=lambda m, k=k: f"{name} {k}: {m}")
+        torch.testing.assert_close(
+            ddp[k], single[k], atol=ATOL, rtol=RTOL, msg=lambda m, k=k: f"{name} {k}: {m}"
+        )
     h1 = json.loads((runs / name / "history-single.json").read_text())
     h2 = json.loads((runs / name / "history0.json").read_text())
     assert [h["step"] for h in h1] == [h["step"] for h in h2]
@@ -219,14 +220,17 @@ def test_shards_cover_each_global_batch_exactly_once():
 
 
 def test_merged_rmse_is_the_rmse_of_all_targets():
-    parts = [{"protocol": "T", "RMSE": 1.0, "MAE": 1.0, "users": 1, "eval_seconds": 0.1},
-             {"protocol": "T", "RMSE": 3.0, "MAE": 3.0, "users": 3, "eval_seconds": 0.2}]
+    parts = [
+        {"protocol": "T", "RMSE": 1.0, "MAE": 1.0, "users": 1, "eval_seconds": 0.1},
+        {"protocol": "T", "RMSE": 3.0, "MAE": 3.0, "users": 3, "eval_seconds": 0.2},
+    ]
     m = merge_shard_metrics(parts)
     assert m["RMSE"] == pytest.approx(((1 + 27) / 4) ** 0.5)
     assert m["MAE"] == pytest.approx(2.5)
     assert (m["users"], m["eval_seconds"], m["protocol"]) == (4, 0.2, "T")
-    empty = merge_shard_metrics([{"protocol": "R", "users": 0}, {"protocol": "R", "users": 2,
-                                                                 "HR@10": 0.5}])
+    empty = merge_shard_metrics(
+        [{"protocol": "R", "users": 0}, {"protocol": "R", "users": 2, "HR@10": 0.5}]
+    )
     assert empty == {"protocol": "R", "users": 2, "HR@10": 0.5}
 
 
@@ -236,17 +240,40 @@ def test_torchrun_runs_the_cli_on_two_ranks(tmp_path):
 
     synthesize(tmp_path / "data", n_users=40, n_movies=30, seed=0)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-           "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
-           "-m", "bstrec", "train", "--data", str(tmp_path / "data"), "--out",
-           str(tmp_path / "run"), "--device", "cpu", "--json",
-           "--set", "model.dim=16", "--set", "model.mlp=[16, 8]", "--set", "data.max_len=5",
-           "--set", "train.epochs=1", "--set", "train.batch_size=64",
-           "--set", "train.negatives=8"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={_free_port()}",
+        "-m",
+        "bstrec",
+        "train",
+        "--data",
+        str(tmp_path / "data"),
+        "--out",
+        str(tmp_path / "run"),
+        "--device",
+        "cpu",
+        "--json",
+        "--set",
+        "model.dim=16",
+        "--set",
+        "model.mlp=[16, 8]",
+        "--set",
+        "data.max_len=5",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "train.batch_size=64",
+        "--set",
+        "train.negatives=8",
+    ]
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
     assert p.returncode == 0, p.stderr[-3000:]
     # only rank 0 reports; the JSON on stdout is one document
-    out = json.loads(p.stdout[p.stdout.index("{"):])
+    out = json.loads(p.stdout[p.stdout.index("{") :])
     assert out["best_val"]["users"] > 0
     from bstrec.run_dir import load_run
 

@@ -12,9 +12,19 @@ from bstrec.config import RunConfig
 from bstrec.train import primary, train, use_bf16
 from tests.factories import tiny_dataset
 
-SMALL = ["model.dim=16", "model.heads=2", "model.mlp=[16, 8]", "data.max_len=5",
-         "train.epochs=2", "train.batch_size=64", "train.negatives=8", "train.eval_every=1",
-         "train.progress=false", "train.device=cpu", "train.threads=1"]
+SMALL = [
+    "model.dim=16",
+    "model.heads=2",
+    "model.mlp=[16, 8]",
+    "data.max_len=5",
+    "train.epochs=2",
+    "train.batch_size=64",
+    "train.negatives=8",
+    "train.eval_every=1",
+    "train.progress=false",
+    "train.device=cpu",
+    "train.threads=1",
+]
 
 
 def test_bf16_is_opt_in():

@@ -24,12 +24,23 @@ from bstrec.train import TrainingError, train
 
 # 1826 training rows / batch 128 = 15 steps per epoch (every row a target); evaluations
 # every 8 steps and at epoch ends, checkpoints every 5 steps and at epoch ends
-SETTINGS = {"model.dim": 16, "model.heads": 2, "model.mlp": [16, 8], "data.max_len": 5,
-            "train.epochs": 2, "train.batch_size": 128, "train.negatives": 8,
-            "train.target_stride": 1,
-            "train.eval_every": 0.5, "train.checkpoint_every_steps": 5,
-            "train.patience": 10, "train.threads": 1, "train.progress": False,
-            "train.device": "cpu", "train.seed": 3}
+SETTINGS = {
+    "model.dim": 16,
+    "model.heads": 2,
+    "model.mlp": [16, 8],
+    "data.max_len": 5,
+    "train.epochs": 2,
+    "train.batch_size": 128,
+    "train.negatives": 8,
+    "train.target_stride": 1,
+    "train.eval_every": 0.5,
+    "train.checkpoint_every_steps": 5,
+    "train.patience": 10,
+    "train.threads": 1,
+    "train.progress": False,
+    "train.device": "cpu",
+    "train.seed": 3,
+}
 KILL_AT_STEP = 25  # checkpoint at step 20 (epoch 1, batch 5), evaluation at 24, then kill
 TIMING = ("train_seconds", "targets_per_second", "eval_seconds")
 
@@ -62,8 +73,12 @@ def _set_args() -> list[str]:
 def _cfg(data) -> RunConfig:
     cfg = RunConfig()
     cfg.data.source = str(data)
-    cfg.override([f"{k}={json.dumps(v) if not isinstance(v, bool) else str(v).lower()}"
-                  for k, v in SETTINGS.items()])
+    cfg.override(
+        [
+            f"{k}={json.dumps(v) if not isinstance(v, bool) else str(v).lower()}"
+            for k, v in SETTINGS.items()
+        ]
+    )
     return cfg
 
 
@@ -71,8 +86,9 @@ def _cfg(data) -> RunConfig:
 def data(tmp_path_factory):
     from bstrec.data.synth import synthesize
 
-    return synthesize(tmp_path_factory.mktemp("synth") / "d", n_users=60, n_movies=40,
-                      seed=0).out_dir
+    return synthesize(
+        tmp_path_factory.mktemp("synth") / "d", n_users=60, n_movies=40, seed=0
+    ).out_dir
 
 
 @pytest.fixture
@@ -86,8 +102,7 @@ def _strip(rec: dict) -> dict:
     return {k: v for k, v in rec.items() if k not in TIMING}
 
 
-def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path, data,
-                                                                   restore_threads):
+def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path, data, restore_threads):
     from bstrec import load_dataset
 
     # the uninterrupted run, in this process
@@ -96,9 +111,11 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path, dat
     run, marker = tmp_path / "run", tmp_path / "stalled"
     args = ["train", "--data", str(data), "--out", str(run), *_set_args()]
     child = subprocess.Popen(
-        [sys.executable, "-c", CHILD.format(kill_at=KILL_AT_STEP, marker=str(marker),
-                                            args=args)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [sys.executable, "-c", CHILD.format(kill_at=KILL_AT_STEP, marker=str(marker), args=args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while not marker.exists():
@@ -118,8 +135,12 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path, dat
     evaluated = (run / "metrics.jsonl").read_text().splitlines()
     assert len(evaluated) == len(ck["history"]) + 1  # step 24's, after the checkpoint
 
-    r = subprocess.run([sys.executable, "-m", "bstrec", "train", "--resume", str(run),
-                        "--json"], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "bstrec", "train", "--resume", str(run), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     best = json.loads(r.stdout)["best_val"]
 
@@ -129,8 +150,10 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path, dat
     assert [h["step"] for h in history] == [8, 15, 16, 24, 30]
     summary = json.loads((run / "summary.json").read_text())
     assert _strip(summary["best_val"]) == _strip(ref.best)
-    got, want = load_file(run / "model.safetensors"), load_file(tmp_path / "ref" /
-                                                                 "model.safetensors")
+    got, want = (
+        load_file(run / "model.safetensors"),
+        load_file(tmp_path / "ref" / "model.safetensors"),
+    )
     assert got.keys() == want.keys()
     assert all(torch.equal(got[k], want[k]) for k in want)
     loaded = load_run(run)
@@ -140,7 +163,8 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path, dat
 
 
 def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(
-        tmp_path, data, monkeypatch, restore_threads):
+    tmp_path, data, monkeypatch, restore_threads
+):
     import bstrec.training.step as T
     from bstrec import load_dataset
 
@@ -173,9 +197,19 @@ def test_cli_exits_non_zero_on_a_diverging_learning_rate(tmp_path, data, restore
 
     from bstrec.cli import app
 
-    r = CliRunner().invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "r"),
-                                 *_set_args(), "--set", "train.lr=1.0e+30"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "r"),
+            *_set_args(),
+            "--set",
+            "train.lr=1.0e+30",
+        ],
+    )
     assert r.exit_code == 1, r.output
-    assert "error:" in r.output and ("non-finite" in r.output or "no longer finite"
-                                     in r.output)
+    assert "error:" in r.output and ("non-finite" in r.output or "no longer finite" in r.output)
     assert "Traceback" not in r.output

@@ -47,10 +47,18 @@ def describe(ds: Dataset) -> dict:
     return _describe(ds)
 
 
-def fit(data: Dataset | str | Path | None = None, *, out: str | Path | None = None,
-        model: str | None = None, task: str | None = None,
-        config: RunConfig | Mapping | str | Path | None = None, resume: bool = False,
-        log: Log | None = print, progress: bool | None = None, **overrides: Any) -> Run:
+def fit(
+    data: Dataset | str | Path | None = None,
+    *,
+    out: str | Path | None = None,
+    model: str | None = None,
+    task: str | None = None,
+    config: RunConfig | Mapping | str | Path | None = None,
+    resume: bool = False,
+    log: Log | None = print,
+    progress: bool | None = None,
+    **overrides: Any,
+) -> Run:
     """Train BST (or fit a baseline) on ``data`` into the run folder ``out``; the run.
 
     data: a Dataset, or a folder, interactions file or data set name for
@@ -82,9 +90,13 @@ def fit(data: Dataset | str | Path | None = None, *, out: str | Path | None = No
             if not (Path(out) / "config.yaml").is_file():
                 raise DataError(f"{out}: not a run folder (no config.yaml); nothing to resume")
             config = Path(out) / "config.yaml"
-    cfg = build_config(config, model=model, task=task,
-                       data=None if data is None or isinstance(data, Dataset) else data,
-                       overrides=overrides)
+    cfg = build_config(
+        config,
+        model=model,
+        task=task,
+        data=None if data is None or isinstance(data, Dataset) else data,
+        overrides=overrides,
+    )
     if progress is not None:
         cfg.train.progress = bool(progress)
     ds = data if isinstance(data, Dataset) else _load(cfg.data.source)
@@ -111,10 +123,14 @@ def load_run(path: str | Path) -> Run:
     return Run(path, _loaded=_load_run(Path(path)))
 
 
-def build_config(config: RunConfig | Mapping | str | Path | None = None, *,
-                 model: str | None = None, task: str | None = None,
-                 data: str | Path | None = None,
-                 overrides: Mapping[str, Any] | None = None) -> RunConfig:
+def build_config(
+    config: RunConfig | Mapping | str | Path | None = None,
+    *,
+    model: str | None = None,
+    task: str | None = None,
+    data: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> RunConfig:
     """A RunConfig from a config (object, dict or YAML file), then the named options,
     then ``overrides`` (``section__name`` or ``section.name`` keys); the caller's
     config object is not changed. ArgumentError for bad keys, values or model names."""
@@ -130,8 +146,9 @@ def build_config(config: RunConfig | Mapping | str | Path | None = None, *,
                 raise ArgumentError(f"config {config}: no such file")
             cfg = RunConfig.load(Path(config))
         else:
-            raise ArgumentError(f"config: a RunConfig, a dict or a YAML file, not "
-                                f"{type(config).__name__}")
+            raise ArgumentError(
+                f"config: a RunConfig, a dict or a YAML file, not {type(config).__name__}"
+            )
         if model is not None:
             cfg.model.name = model
         if task is not None:
@@ -141,9 +158,11 @@ def build_config(config: RunConfig | Mapping | str | Path | None = None, *,
         for key, value in (overrides or {}).items():
             dotted = key.replace("__", ".", 1) if "." not in key else key
             if "." not in dotted:
-                raise ArgumentError(f"{key}={value!r}: not an argument of fit, nor a config "
-                                    "key; write config keys as section__name, e.g. "
-                                    "train__epochs=4 or model__dim=32")
+                raise ArgumentError(
+                    f"{key}={value!r}: not an argument of fit, nor a config "
+                    "key; write config keys as section__name, e.g. "
+                    "train__epochs=4 or model__dim=32"
+                )
             cfg.set(dotted, value)
     except ArgumentError:
         raise
@@ -222,8 +241,14 @@ class Run:
         return f"Run({str(self.path)!r})"
 
     # ------------------------------------------------------------ evaluation
-    def evaluate(self, split: str = "val", *, users: int | None = None,
-                 paper: bool = False, candidates: int | None = None) -> dict:
+    def evaluate(
+        self,
+        split: str = "val",
+        *,
+        users: int | None = None,
+        paper: bool = False,
+        candidates: int | None = None,
+    ) -> dict:
         """Protocol R (ranking: full-catalogue HR@k, NDCG@10, MRR) or T (rating: RMSE,
         MAE) on the run's own split; the dict names its ``protocol``.
 
@@ -239,15 +264,23 @@ class Run:
 
         if split not in ("val", "test"):
             raise ArgumentError(f"split must be 'val' or 'test', not {split!r}")
-        if users is not None and (isinstance(users, bool) or not isinstance(users, int)
-                                  or users < 0):
-            raise ArgumentError(f"users must be a whole number >= 0 (0 or None: all), "
-                                f"not {users!r}")
-        if candidates is not None and (isinstance(candidates, bool)
-                                       or not isinstance(candidates, int) or candidates < 0):
+        if users is not None and (
+            isinstance(users, bool) or not isinstance(users, int) or users < 0
+        ):
+            raise ArgumentError(
+                f"users must be a whole number >= 0 (0 or None: all), not {users!r}"
+            )
+        if candidates is not None and (
+            isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 0
+        ):
             raise ArgumentError(f"candidates must be a whole number >= 0, not {candidates!r}")
-        return evaluate_run(self.loaded, split, users=users or 0,
-                            now="target" if paper else "last-input", candidates=candidates)
+        return evaluate_run(
+            self.loaded,
+            split,
+            users=users or 0,
+            now="target" if paper else "last-input",
+            candidates=candidates,
+        )
 
     # ------------------------------------------------------------ recommendations
     def recommender(self, **settings):
@@ -262,8 +295,14 @@ class Run:
             self._recommender = Recommender(self.loaded)
         return self._recommender
 
-    def recommend(self, user=None, *, history: Iterable | None = None, k: int = 10,
-                  user_features: Mapping[str, str] | None = None) -> Recommendations:
+    def recommend(
+        self,
+        user=None,
+        *,
+        history: Iterable | None = None,
+        k: int = 10,
+        user_features: Mapping[str, str] | None = None,
+    ) -> Recommendations:
         """The top ``k`` movies the user has not watched, best first, each with the
         watched movies that drove it.
 
@@ -275,13 +314,20 @@ class Run:
         _check_k(k)
         if _who(user, history) == "user":
             if user_features is not None:
-                raise ArgumentError("user_features go with a history; a known user's "
-                                    "features come from the data")
+                raise ArgumentError(
+                    "user_features go with a history; a known user's features come from the data"
+                )
             return rec.for_user(user, k)
         return rec.for_history(_id_list(history), k, user_features=dict(user_features or {}))
 
-    def explain(self, user=None, *, movie, history: Iterable | None = None,
-                user_features: Mapping[str, str] | None = None) -> Explanation:
+    def explain(
+        self,
+        user=None,
+        *,
+        movie,
+        history: Iterable | None = None,
+        user_features: Mapping[str, str] | None = None,
+    ) -> Explanation:
         """Why the model scores ``movie`` as it does for ``user`` (or a ``history``):
         its score, its rank among the unwatched movies, and the weight of each watch
         of the model's history window (BST: the movie's attention over the history in
@@ -298,7 +344,7 @@ class Run:
         if _who(user, history) == "user":
             u = rec.user_index(user)
             batch = rec.store.batch_for_users(torch.tensor([u]), rec.max_len)
-            seen = ds.item[int(ds.user_offsets[u]):int(ds.user_offsets[u + 1])]
+            seen = ds.item[int(ds.user_offsets[u]) : int(ds.user_offsets[u + 1])]
             user_id = plain(ds.user_ids[u])
         else:
             seen = rec.item_indexes(_id_list(history))
@@ -306,11 +352,14 @@ class Run:
             # watches a minute apart, the newest at the data set's last timestamp
             now = int(ds.timestamp.max()) if len(ds.timestamp) else 0
             n = len(seen)
-            batch = history_batch([i + 1 for i in seen], rec.max_len,
-                                  len(rec.run.user_feature_names),
-                                  user_feats=rec.user_feature_codes(dict(user_features or {})),
-                                  times=[now - SPACING_SECONDS * (n - 1 - i) for i in range(n)],
-                                  now=now)
+            batch = history_batch(
+                [i + 1 for i in seen],
+                rec.max_len,
+                len(rec.run.user_feature_names),
+                user_feats=rec.user_feature_codes(dict(user_features or {})),
+                times=[now - SPACING_SECONDS * (n - 1 - i) for i in range(n)],
+                now=now,
+            )
             user_id = None
         with torch.no_grad():
             scores = rec.model.score_all(batch)[0]
@@ -326,15 +375,27 @@ class Run:
             for pos in range(length):
                 if int(hist[pos]) > 0:
                     m = rec.movie(int(hist[pos]) - 1)
-                    contributions.append(Contribution(m.movie_id, m.title, length - pos,
-                                                      round(float(w[pos]), 6)))
+                    contributions.append(
+                        Contribution(m.movie_id, m.title, length - pos, round(float(w[pos]), 6))
+                    )
             contributions.sort(key=lambda c: (-c.weight, c.watches_ago))
         info = rec.movie(item)
-        method = ("attention of the movie over the history (first block, mean over heads)"
-                  if weights is not None else "")
-        return Explanation(info.movie_id, info.title, score, rank, int(unseen.sum()), user_id,
-                           rec.model.task, method, tuple(contributions))
-
+        method = (
+            "attention of the movie over the history (first block, mean over heads)"
+            if weights is not None
+            else ""
+        )
+        return Explanation(
+            info.movie_id,
+            info.title,
+            score,
+            rank,
+            int(unseen.sum()),
+            user_id,
+            rec.model.task,
+            method,
+            tuple(contributions),
+        )
 
     # ------------------------------------------------------------ export
     def export_onnx(self, path: str | Path, *, check: bool = True):
@@ -371,13 +432,11 @@ def _check_k(k) -> None:
 
 def _id_list(history) -> list:
     if isinstance(history, str | bytes):
-        raise ArgumentError("history: a list of movie ids, e.g. [1193, 661, 914], not a "
-                            "string")
+        raise ArgumentError("history: a list of movie ids, e.g. [1193, 661, 914], not a string")
     ids = [plain(i) for i in history]
     if not ids:
         raise ArgumentError("history: give at least one movie id")
     return ids
-
 
 
 def _read_json(path: Path) -> dict:

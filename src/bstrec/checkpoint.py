@@ -71,8 +71,10 @@ def load(run: Path, log=print) -> tuple[dict, Path]:
     folder = checkpoint_dir(run)
     last, prev = folder / "last.pt", folder / "previous.pt"
     if not last.exists() and not prev.exists():
-        raise CheckpointError(f"{folder}: no checkpoint to resume from (last.pt missing); "
-                              f"was {run} trained by this version of bstrec?")
+        raise CheckpointError(
+            f"{folder}: no checkpoint to resume from (last.pt missing); "
+            f"was {run} trained by this version of bstrec?"
+        )
     problems = []
     for path in (last, prev):
         if not path.exists():
@@ -95,20 +97,22 @@ def read(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, bad pickle opcodes, disallowed globals
-        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({_first_line(e)})"
-                              ) from None
+        raise CheckpointError(
+            f"{path}: corrupt or truncated checkpoint ({_first_line(e)})"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a bstrec training checkpoint")
     if state.get("version") != VERSION:
-        raise CheckpointError(f"{path}: checkpoint version {state.get('version')}, "
-                              f"this bstrec reads version {VERSION}")
+        raise CheckpointError(
+            f"{path}: checkpoint version {state.get('version')}, "
+            f"this bstrec reads version {VERSION}"
+        )
     missing = [k for k in REQUIRED if k not in state]
     if missing:
         raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}")
     stored = state.pop("digest", None)
     if stored != digest(state):
-        raise CheckpointError(f"{path}: corrupt checkpoint (contents do not match their "
-                              "digest)")
+        raise CheckpointError(f"{path}: corrupt checkpoint (contents do not match their digest)")
     return state
 
 

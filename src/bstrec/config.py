@@ -204,8 +204,9 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         # (files, --set, the Python API) gets the same check and the same message
         if isinstance(value, str) and value in args:
             return value
-        raise ValueError(f"config key {key!r}: expected one of "
-                         f"{', '.join(map(str, args))}, got {value!r}")
+        raise ValueError(
+            f"config key {key!r}: expected one of {', '.join(map(str, args))}, got {value!r}"
+        )
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None

@@ -35,8 +35,10 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
         if name == "cuda":
             n = torch.cuda.device_count()
             if local_rank >= n:
-                raise ValueError(f"LOCAL_RANK {local_rank} but this machine has {n} CUDA "
-                                 f"device(s); use torchrun --nproc_per_node={n} or fewer")
+                raise ValueError(
+                    f"LOCAL_RANK {local_rank} but this machine has {n} CUDA "
+                    f"device(s); use torchrun --nproc_per_node={n} or fewer"
+                )
             return torch.device("cuda", local_rank)
     return torch.device(name)
 
@@ -142,8 +144,7 @@ class EpochShards:
     so its global batches differ from one process's; here they never do.
     """
 
-    def __init__(self, rows: np.ndarray, batch_size: int, seed: int, rank: int = 0,
-                 world: int = 1):
+    def __init__(self, rows: np.ndarray, batch_size: int, seed: int, rank: int = 0, world: int = 1):
         if batch_size < 1:
             raise ValueError(f"train.batch_size must be >= 1, not {batch_size}")
         self.rows = torch.from_numpy(np.asarray(rows, dtype=np.int64))

@@ -30,8 +30,9 @@ def sample_targets(rows: np.ndarray, max_users: int, seed: int = 12345) -> np.nd
     return rows[np.sort(pick)]
 
 
-def target_ranks(scores: torch.Tensor, target_idx: torch.Tensor, seen_b: torch.Tensor,
-                 seen_i: torch.Tensor) -> torch.Tensor:
+def target_ranks(
+    scores: torch.Tensor, target_idx: torch.Tensor, seen_b: torch.Tensor, seen_i: torch.Tensor
+) -> torch.Tensor:
     """0-based rank of each target among unseen items, ties counted above the target.
 
     scores (B, n_items); target_idx (B,) item index; (seen_b, seen_i) pairs of
@@ -68,9 +69,16 @@ def ranking_metrics(ranks: np.ndarray) -> dict[str, float]:
 
 
 @torch.no_grad()
-def evaluate_ranking(model: ScoringModel, store: SequenceStore, target_rows: np.ndarray,
-                     max_len: int, batch_size: int | None = None, device="cpu",
-                     now: str = "last-input", candidates: int = 0) -> dict:
+def evaluate_ranking(
+    model: ScoringModel,
+    store: SequenceStore,
+    target_rows: np.ndarray,
+    max_len: int,
+    batch_size: int | None = None,
+    device="cpu",
+    now: str = "last-input",
+    candidates: int = 0,
+) -> dict:
     """Protocol R (or R-paper with ``now="target"``) over the given target rows.
 
     ``candidates`` > 0: retrieve that many unseen movies per user with the model's
@@ -117,9 +125,16 @@ def evaluate_ranking(model: ScoringModel, store: SequenceStore, target_rows: np.
 
 
 @torch.no_grad()
-def evaluate_rating(model: ScoringModel, store: SequenceStore, target_rows: np.ndarray,
-                    max_len: int, batch_size: int = 2048, device="cpu",
-                    hist_limit: np.ndarray | None = None, protocol: str = "T") -> dict:
+def evaluate_rating(
+    model: ScoringModel,
+    store: SequenceStore,
+    target_rows: np.ndarray,
+    max_len: int,
+    batch_size: int = 2048,
+    device="cpu",
+    hist_limit: np.ndarray | None = None,
+    protocol: str = "T",
+) -> dict:
     """Protocol T (or S with ``hist_limit``): RMSE and MAE in stars."""
     model.eval()
     t0 = time.perf_counter()

@@ -11,8 +11,13 @@ from bstrec.retrieval import retrieval_size
 from bstrec.run_dir import LoadedRun, load_run
 
 
-def evaluate_run(run: Path | str | LoadedRun, split: str = "val", users: int = 0,
-                 now: str = "last-input", candidates: int | None = None) -> dict:
+def evaluate_run(
+    run: Path | str | LoadedRun,
+    split: str = "val",
+    users: int = 0,
+    now: str = "last-input",
+    candidates: int | None = None,
+) -> dict:
     """Protocol R or T of a run folder (or a run already loaded); ``users`` > 0: the
     fixed sample of that many users that training validates on; ``now="target"``:
     R-paper, labelled so; ``candidates``: retrieve-then-rank
@@ -27,7 +32,18 @@ def evaluate_run(run: Path | str | LoadedRun, split: str = "val", users: int = 0
     if run.model.task == "rating":
         m = evaluate_rating(run.model, store, rows, max_len)
     else:
-        m = evaluate_ranking(run.model, store, rows, max_len, now=now,
-                             candidates=retrieval_size(run.model, candidates))
-    return {"model": run.config.model.name, "task": run.model.task, "data": ds.name,
-            "split": split, **m}
+        m = evaluate_ranking(
+            run.model,
+            store,
+            rows,
+            max_len,
+            now=now,
+            candidates=retrieval_size(run.model, candidates),
+        )
+    return {
+        "model": run.config.model.name,
+        "task": run.model.task,
+        "data": ds.name,
+        "split": split,
+        **m,
+    }

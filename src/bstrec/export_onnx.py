@@ -118,8 +118,7 @@ class _PaddedRows(ItemPairs):
         cols = torch.where(valid, self.keys[pos] - flat[:, None] * self.size, 0)
         vals = torch.where(valid, self.values[pos] * w.reshape(-1)[:, None], 0.0)
         out = torch.zeros(b, self.size, device=last.device, dtype=vals.dtype)
-        return out.scatter_add(1, cols.reshape(b, n * self.width),
-                               vals.reshape(b, n * self.width))
+        return out.scatter_add(1, cols.reshape(b, n * self.width), vals.reshape(b, n * self.width))
 
 
 class CatalogueScorer(nn.Module):
@@ -155,9 +154,16 @@ class CatalogueScorer(nn.Module):
         feats = rest.pop(0) if self.n_user_feats else hist_item.new_zeros(b, 0)
         user = rest.pop(0) if self.use_user_id else hist_item.new_zeros(b)
         zeros = hist_item.new_zeros(b)
-        batch = Batch(user=user, user_feats=feats, hist_item=hist_item,
-                      hist_rating=hist_rating, hist_gap=hist_gap, target=zeros,
-                      label=zeros.float(), time=zeros)
+        batch = Batch(
+            user=user,
+            user_feats=feats,
+            hist_item=hist_item,
+            hist_rating=hist_rating,
+            hist_gap=hist_gap,
+            target=zeros,
+            label=zeros.float(),
+            time=zeros,
+        )
         return self.model.score_all(batch)
 
     def inputs_of(self, batch: Batch) -> tuple[torch.Tensor, ...]:
@@ -186,8 +192,14 @@ def parity_batches(run: LoadedRun, users: int = 24) -> list[Batch]:
     return out
 
 
-def export_onnx(run: LoadedRun, out: Path, *, check: bool = True,
-                tolerance: float = TOLERANCE, opset: int | None = None) -> OnnxExport:
+def export_onnx(
+    run: LoadedRun,
+    out: Path,
+    *,
+    check: bool = True,
+    tolerance: float = TOLERANCE,
+    opset: int | None = None,
+) -> OnnxExport:
     """Write ``out`` (the ONNX graph) and ``out``.json (its input spec), after checking
     ONNX Runtime's scores against PyTorch's (``check``); nothing is written in place
     when the export or the check fails. ExportError says why."""
@@ -221,11 +233,14 @@ def export_onnx(run: LoadedRun, out: Path, *, check: bool = True,
         if check:
             diff = _max_diff(tmp, names, [scorer.inputs_of(b) for b in batches], expected)
             if not diff <= tolerance:
-                raise ExportError(f"ONNX Runtime's scores differ from PyTorch's by up to "
-                                  f"{diff:.3g} (tolerance {tolerance:g}); nothing written")
+                raise ExportError(
+                    f"ONNX Runtime's scores differ from PyTorch's by up to "
+                    f"{diff:.3g} (tolerance {tolerance:g}); nothing written"
+                )
         rows = sum(len(b) for b in batches) if check else 0
-        result = OnnxExport(out, out.with_name(out.name + ".json"), diff, rows, seconds,
-                            tmp.stat().st_size)
+        result = OnnxExport(
+            out, out.with_name(out.name + ".json"), diff, rows, seconds, tmp.stat().st_size
+        )
         sidecar = sidecar_spec(run, tmp, result, tolerance)
         os.chmod(tmp, 0o644)
         os.replace(tmp, out)
@@ -247,10 +262,18 @@ def _export(scorer, example, path: Path, names, batch_dim, opset) -> None:
     try:
         with contextlib.redirect_stdout(quiet), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(scorer, example, str(path), dynamo=True, verbose=False,
-                              input_names=names, output_names=["scores"],
-                              dynamic_shapes=_dynamic_batch(len(names), batch_dim),
-                              external_data=False, opset_version=opset)
+            torch.onnx.export(
+                scorer,
+                example,
+                str(path),
+                dynamo=True,
+                verbose=False,
+                input_names=names,
+                output_names=["scores"],
+                dynamic_shapes=_dynamic_batch(len(names), batch_dim),
+                external_data=False,
+                opset_version=opset,
+            )
     except Exception as e:
         raise ExportError(f"torch.onnx.export failed: {_summary(e)}") from e
     finally:
@@ -266,7 +289,7 @@ def _summary(e: Exception) -> str:
     """The exporter's own one-line cause, not its page of generic advice."""
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     if "## Exception summary" in lines:
-        after = lines[lines.index("## Exception summary") + 1:]
+        after = lines[lines.index("## Exception summary") + 1 :]
         if after:
             return after[0]
     return f"{type(e).__name__}: {lines[0] if lines else ''}"
@@ -281,9 +304,11 @@ def _check_batch_axis(path: Path, model_name: str) -> None:
     graph = onnx.load(str(path), load_external_data=False).graph
     fixed = [v.name for v in graph.input if not v.type.tensor_type.shape.dim[0].dim_param]
     if fixed:
-        raise ExportError(f"model {model_name}: the exported graph fixes the batch size of "
-                          f"{', '.join(fixed)} (its scoring reads the batch size as a "
-                          "number); BST and SASRec export with any batch size")
+        raise ExportError(
+            f"model {model_name}: the exported graph fixes the batch size of "
+            f"{', '.join(fixed)} (its scoring reads the batch size as a "
+            "number); BST and SASRec export with any batch size"
+        )
 
 
 def _max_diff(path: Path, names, inputs, expected) -> float:
@@ -301,8 +326,7 @@ def _max_diff_unchecked(path: Path, names, inputs, expected) -> float:
     for args, want in zip(inputs, expected, strict=True):
         got = sess.run(["scores"], {n: a.numpy() for n, a in zip(names, args, strict=True)})[0]
         if got.shape != tuple(want.shape):
-            raise ExportError(f"ONNX scores have shape {got.shape}, PyTorch's "
-                              f"{tuple(want.shape)}")
+            raise ExportError(f"ONNX scores have shape {got.shape}, PyTorch's {tuple(want.shape)}")
         worst = max(worst, float(np.abs(got - want.numpy()).max()))
     return worst
 
@@ -318,8 +342,7 @@ def onnx_session(path: Path, threads: int = 1):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def sidecar_spec(run: LoadedRun, onnx_path: Path, result: OnnxExport,
-                 tolerance: float) -> dict:
+def sidecar_spec(run: LoadedRun, onnx_path: Path, result: OnnxExport, tolerance: float) -> dict:
     """The input spec and everything needed to build the inputs, as JSON."""
     import onnx
 
@@ -327,23 +350,26 @@ def sidecar_spec(run: LoadedRun, onnx_path: Path, result: OnnxExport,
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
     meaning = {
         "hist_item": "movie tokens, newest last, left-padded with 0: token = 1 + the "
-                     "movie's index in item_ids",
-        "hist_rating": "rating tokens: round(2 * stars) clipped to 0..10; 0 = no rating "
-                       "or padding",
+        "movie's index in item_ids",
+        "hist_rating": "rating tokens: round(2 * stars) clipped to 0..10; 0 = no rating or padding",
         "hist_gap": "time-gap tokens of now - watch time in seconds: 1 + the number of "
-                    "gap_thresholds_seconds <= the gap; 0 = padding",
+        "gap_thresholds_seconds <= the gap; 0 = padding",
         "user_feats": "one code per user_features entry, in that order: the value's "
-                      "index in its vocabulary; 0 = unknown",
+        "index in its vocabulary; 0 = unknown",
         "user": "user token = 1 + the user's index in the run's data; 0 = unknown",
         "scores": "one score per movie, column j = item_ids[j]: higher is better "
-                  "(ranking) or predicted stars (rating); watched movies are not masked",
+        "(ranking) or predicted stars (rating); watched movies are not masked",
     }
 
     def spec(v) -> dict:
         dims = [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
         dtype = onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name
-        return {"name": v.name, "dtype": dtype, "shape": ["batch", *dims[1:]],
-                "meaning": meaning.get(v.name, "")}
+        return {
+            "name": v.name,
+            "dtype": dtype,
+            "shape": ["batch", *dims[1:]],
+            "meaning": meaning.get(v.name, ""),
+        }
 
     return {
         "format": "onnx",
@@ -359,17 +385,21 @@ def sidecar_spec(run: LoadedRun, onnx_path: Path, result: OnnxExport,
         "outputs": [spec(v) for v in graph.output],
         "max_len": cfg.data.max_len,
         "now": "the time of the newest watch of the history (protocol R); a typed-in "
-               "history without times: watches one minute apart, the newest now",
+        "history without times: watches one minute apart, the newest now",
         "item_ids": [plain(i) for i in ds.item_ids.tolist()],
         "item_titles": ds.item_titles.tolist(),
         "user_features": {n: ds.user_vocab[n] for n in run.user_feature_names},
         "gap_thresholds_seconds": gap_thresholds(),
-        "parity": {"max_abs_diff": result.max_abs_diff, "rows": result.parity_rows,
-                   "tolerance": tolerance, "onnxruntime": _version("onnxruntime")},
-        "export": {k: v for k, v in asdict(result).items()
-                   if k in ("export_seconds", "size_bytes")},
+        "parity": {
+            "max_abs_diff": result.max_abs_diff,
+            "rows": result.parity_rows,
+            "tolerance": tolerance,
+            "onnxruntime": _version("onnxruntime"),
+        },
+        "export": {
+            k: v for k, v in asdict(result).items() if k in ("export_seconds", "size_bytes")
+        },
     }
-
 
 
 def _version(package: str) -> str | None:
@@ -386,5 +416,7 @@ def _require(*modules: str) -> None:
 
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if missing:
-        raise ExportError(f"ONNX export needs the 'onnx' extra ({', '.join(missing)} "
-                          "missing): pip install 'bstrec[onnx]'")
+        raise ExportError(
+            f"ONNX export needs the 'onnx' extra ({', '.join(missing)} "
+            "missing): pip install 'bstrec[onnx]'"
+        )

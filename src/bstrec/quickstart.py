@@ -28,8 +28,14 @@ PEERS = ("popularity", "itemknn", "ease", "cooccurrence")
 QUICKSTART_EPOCHS = 8
 
 
-def quickstart(ds: Dataset, out: Path, epochs: int | None = None, user=None,
-               log: Callable[[str], None] = print, progress: bool = True) -> QuickstartResult:
+def quickstart(
+    ds: Dataset,
+    out: Path,
+    epochs: int | None = None,
+    user=None,
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+) -> QuickstartResult:
     """Describe, fit the peers, train BST for a fixed number of epochs
     (``QUICKSTART_EPOCHS`` unless ``epochs`` is given), compare on test, recommend.
 
@@ -53,8 +59,7 @@ def quickstart(ds: Dataset, out: Path, epochs: int | None = None, user=None,
         run = fit(ds, out=out / name, config=cfg, log=log)
         m = run.evaluate("test")  # the checkpoint chosen on validation; protocol R
         m = {k: v for k, v in m.items() if k not in ("model", "task", "data", "split")}
-        result.table.append({"model": name, **m,
-                             "train_seconds": run.summary["train_seconds"]})
+        result.table.append({"model": name, **m, "train_seconds": run.summary["train_seconds"]})
         bst = run
     result.run_dir = str(out / "bst")
     who = user if user is not None else ds.user_ids[0].item()

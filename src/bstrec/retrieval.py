@@ -30,22 +30,26 @@ def retrieval_size(model: ScoringModel, candidates: int | None) -> int:
         big = model.n_items > AUTO_MIN_ITEMS and model.retrieves
         candidates = DEFAULT_CANDIDATES if big else 0
     if candidates < 0:
-        raise ValueError(f"candidates must be >= 0 (0 = rank the whole catalogue), "
-                         f"not {candidates}")
+        raise ValueError(
+            f"candidates must be >= 0 (0 = rank the whole catalogue), not {candidates}"
+        )
     return candidates
 
 
 @torch.no_grad()
-def retrieve_then_rank(model: ScoringModel, batch: Batch, m: int,
-                       seen: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def retrieve_then_rank(
+    model: ScoringModel, batch: Batch, m: int, seen: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Full-catalogue scores (B, n_items) where only the retrieved ``m`` are the model's
     own; every other movie gets the lowest finite score. ``seen`` (B, n_items) bool: movies
     never to retrieve (the input history). Also returns the retrieved item indexes (B, m).
     """
     cheap = model.retrieval_scores(batch) if model.retrieves else None
     if cheap is None:
-        raise ValueError(f"{type(model).__name__} has no retrieval stage; it ranks the "
-                         "whole catalogue (use candidates=0)")
+        raise ValueError(
+            f"{type(model).__name__} has no retrieval stage; it ranks the "
+            "whole catalogue (use candidates=0)"
+        )
     if seen is not None:
         cheap = cheap.masked_fill(seen, float("-inf"))
     m = min(m, cheap.shape[1])
@@ -54,6 +58,7 @@ def retrieve_then_rank(model: ScoringModel, batch: Batch, m: int,
     low = torch.finfo(own.dtype).min
     scores = torch.full(cheap.shape, low, device=own.device)
     # a returned movie's own score may itself be very low: keep it above the rest
-    scores.scatter_(1, picked, own.clamp(min=torch.nextafter(torch.tensor(low),
-                                                             torch.tensor(0.0)).item()))
+    scores.scatter_(
+        1, picked, own.clamp(min=torch.nextafter(torch.tensor(low), torch.tensor(0.0)).item())
+    )
     return scores, picked

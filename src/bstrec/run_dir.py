@@ -53,13 +53,16 @@ def write_data_files(run: Path, ds: Dataset, user_feature_names: list[str]) -> N
         if user_feature_names
         else np.zeros((ds.n_users, 0))
     )
-    atomic_save_tensors(run / "data.safetensors", {
-        "user_offsets": torch.from_numpy(ds.user_offsets.astype(np.int64)),
-        "item": torch.from_numpy(ds.item.astype(np.int32)),
-        "rating": torch.from_numpy(ds.rating.astype(np.float32)),
-        "timestamp": torch.from_numpy(ds.timestamp.astype(np.int64)),
-        "user_features": torch.from_numpy(feats.astype(np.int32)),
-    })
+    atomic_save_tensors(
+        run / "data.safetensors",
+        {
+            "user_offsets": torch.from_numpy(ds.user_offsets.astype(np.int64)),
+            "item": torch.from_numpy(ds.item.astype(np.int32)),
+            "rating": torch.from_numpy(ds.rating.astype(np.float32)),
+            "timestamp": torch.from_numpy(ds.timestamp.astype(np.int64)),
+            "user_features": torch.from_numpy(feats.astype(np.int32)),
+        },
+    )
 
 
 def dataset_from_run(run: Path) -> Dataset:
@@ -94,17 +97,23 @@ def dataset_from_run(run: Path) -> Dataset:
     )
 
 
-def save_model(run: Path, model: ScoringModel, cfg: RunConfig, cat: CatalogFeatures,
-               name: str = "model") -> None:
+def save_model(
+    run: Path, model: ScoringModel, cfg: RunConfig, cat: CatalogFeatures, name: str = "model"
+) -> None:
     atomic_save_tensors(run / f"{name}.safetensors", dict(model.state_dict()))
-    atomic_write_text(run / f"{name}.json", json.dumps({
-        "model": cfg.model.name,
-        "task": cfg.model.task,
-        "n_items": cat.n_items,
-        "n_users": cat.n_users,
-        "n_genres": int(cat.item_genres.shape[1]),
-        "user_vocab_sizes": cat.user_vocab_sizes,
-    }))
+    atomic_write_text(
+        run / f"{name}.json",
+        json.dumps(
+            {
+                "model": cfg.model.name,
+                "task": cfg.model.task,
+                "n_items": cat.n_items,
+                "n_users": cat.n_users,
+                "n_genres": int(cat.item_genres.shape[1]),
+                "user_vocab_sizes": cat.user_vocab_sizes,
+            }
+        ),
+    )
 
 
 @dataclass

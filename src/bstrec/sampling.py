@@ -35,5 +35,9 @@ def training_loss(model, batch, cfg: RunConfig, sampler: NegativeSampler, device
         neg, _ = sampler.sample((len(batch), cfg.train.negatives))
         return model.loss(batch, neg.to(device), loss="bce")
     neg, logq = sampler.sample((cfg.train.negatives,))
-    return model.loss(batch, neg.to(device), loss="sampled-softmax",
-                      neg_logq=None if logq is None else logq.to(device))
+    return model.loss(
+        batch,
+        neg.to(device),
+        loss="sampled-softmax",
+        neg_logq=None if logq is None else logq.to(device),
+    )

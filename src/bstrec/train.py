@@ -50,12 +50,21 @@ from bstrec.training.state import (
 from bstrec.training.step import Trainer, use_bf16
 from bstrec.training.validation import primary, validate
 
-__all__ = ["TrainResult", "Trainer", "TrainingError", "pick_device", "primary",
-           "train", "use_bf16", "validate"]
+__all__ = [
+    "TrainResult",
+    "Trainer",
+    "TrainingError",
+    "pick_device",
+    "primary",
+    "train",
+    "use_bf16",
+    "validate",
+]
 
 
-def train(cfg: RunConfig, ds: Dataset, out: Path, log=print, *, resume: bool = False
-          ) -> TrainResult:
+def train(
+    cfg: RunConfig, ds: Dataset, out: Path, log=print, *, resume: bool = False
+) -> TrainResult:
     """Train (or fit) the configured model on ``ds`` into run folder ``out``.
 
     Under torchrun (or inside a process group the caller set up) this is one rank of
@@ -71,11 +80,14 @@ def train(cfg: RunConfig, ds: Dataset, out: Path, log=print, *, resume: bool = F
     finally:
         ctx.close()
 
+
 def _quiet(_msg: str) -> None:
     pass
 
-def _train(cfg: RunConfig, ds: Dataset, out: Path, log, ctx: DistContext,
-           resume: bool) -> TrainResult:
+
+def _train(
+    cfg: RunConfig, ds: Dataset, out: Path, log, ctx: DistContext, resume: bool
+) -> TrainResult:
     cfg.model.task = task_of(cfg.model.name, cfg.model.task)
     cfg.resolve()
     if cfg.model.task == "rating" and not ds.has_ratings:
@@ -124,8 +136,11 @@ def _train(cfg: RunConfig, ds: Dataset, out: Path, log, ctx: DistContext,
     finished = st.stop_reason == "patience" or st.epoch >= cfg.train.epochs
     if finished:
         log(f"{out}: training had already finished; nothing to resume")
-    progress = progress_bar(cfg.train.progress and ctx.is_main and not finished,
-                         total=steps_per_epoch * cfg.train.epochs, initial=st.step)
+    progress = progress_bar(
+        cfg.train.progress and ctx.is_main and not finished,
+        total=steps_per_epoch * cfg.train.epochs,
+        initial=st.step,
+    )
     st.stop_reason = ""
     for epoch in range(st.epoch, cfg.train.epochs if not finished else 0):
         tr.shards.set_epoch(epoch)
@@ -139,8 +154,10 @@ def _train(cfg: RunConfig, ds: Dataset, out: Path, log, ctx: DistContext,
             over = cfg.train.max_minutes > 0 and elapsed > 60 * cfg.train.max_minutes
             s = tr.step(k, flag=float(over))
             if s.nonfinite:
-                raise TrainingError(f"non-finite loss at epoch {epoch} step {st.step + 1}; "
-                                    f"stopped before applying it. {kept_note(out)}")
+                raise TrainingError(
+                    f"non-finite loss at epoch {epoch} step {st.step + 1}; "
+                    f"stopped before applying it. {kept_note(out)}"
+                )
             over = s.flag > 0  # any rank over time stops them all together
             st.step += 1
             st.trained_targets += s.n
@@ -150,16 +167,34 @@ def _train(cfg: RunConfig, ds: Dataset, out: Path, log, ctx: DistContext,
             progress.set_postfix(loss=f"{st.loss_sum / st.loss_n:.4f}", epoch=epoch)
             end_of_epoch = k + 1 == steps_per_epoch
             last = end_of_epoch and epoch + 1 == cfg.train.epochs
-            if (st.step % eval_steps == 0 or over or last
-                    or (end_of_epoch and cfg.train.eval_every <= 1)):
+            if (
+                st.step % eval_steps == 0
+                or over
+                or last
+                or (end_of_epoch and cfg.train.eval_every <= 1)
+            ):
                 st.train_time += time.perf_counter() - t_mark
                 progress.set_description("validating")  # not a silent pause
-                m = validate(model, store, split, cfg.data.max_len, device=tr.device, ctx=ctx,
-                             now=cfg.data.now, max_users=cfg.train.val_users)
-                rec = {"epoch": epoch, "step": st.step, "fraction": st.step / steps_per_epoch,
-                       "split": "val", "train_loss": st.loss_sum / max(st.loss_n, 1), **m,
-                       "train_seconds": st.train_time, "targets_per_second":
-                       st.trained_targets / max(st.train_time, 1e-9)}
+                m = validate(
+                    model,
+                    store,
+                    split,
+                    cfg.data.max_len,
+                    device=tr.device,
+                    ctx=ctx,
+                    now=cfg.data.now,
+                    max_users=cfg.train.val_users,
+                )
+                rec = {
+                    "epoch": epoch,
+                    "step": st.step,
+                    "fraction": st.step / steps_per_epoch,
+                    "split": "val",
+                    "train_loss": st.loss_sum / max(st.loss_n, 1),
+                    **m,
+                    "train_seconds": st.train_time,
+                    "targets_per_second": st.trained_targets / max(st.train_time, 1e-9),
+                }
                 st.history.append(rec)
                 if ctx.is_main:
                     append_jsonl(metrics_path, rec)

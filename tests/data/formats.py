@@ -42,10 +42,7 @@ ML100K = {
 
 ML_CSV = {
     "ratings.csv": (
-        "userId,movieId,rating,timestamp\n"
-        "1,1,4.0,964982703\n"
-        "1,3,4.5,964981247\n"
-        "2,1,0.5,964982224\n"
+        "userId,movieId,rating,timestamp\n1,1,4.0,964982703\n1,3,4.5,964981247\n2,1,0.5,964982224\n"
     ),
     "movies.csv": (
         "movieId,title,genres\n"

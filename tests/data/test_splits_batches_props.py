@@ -89,7 +89,8 @@ def check_batch(ds, store, rows: np.ndarray, max_len: int, limit_rows=None):
         now = int(ds.timestamp[hist[-1]]) if hist else int(ds.timestamp[t])
         assert batch.time[k].item() == now
         want_g = [0] * (max_len - len(hist)) + [
-            1 + int(math.floor(2 * math.log2(1 + now - int(ds.timestamp[h])))) for h in hist]
+            1 + int(math.floor(2 * math.log2(1 + now - int(ds.timestamp[h])))) for h in hist
+        ]
         assert batch.hist_gap[k].tolist() == want_g
         if limit_rows is not None:
             assert all(h < limit_rows[int(ds.user[t])] for h in hist)

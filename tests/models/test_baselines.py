@@ -27,6 +27,8 @@ def test_bias_baseline_beats_global_mean_on_training_data():
     bias = RatingBaseline.fit("bias", *args, reg=0.1)
     store = SequenceStore(ds)
     batch = store.batch_for_targets(torch.from_numpy(rows), 3)
-    err = {n: ((m.score(batch, batch.target[:, None])[:, 0] - batch.label) ** 2).mean().item()
-           for n, m in (("mean", mean), ("bias", bias))}
+    err = {
+        n: ((m.score(batch, batch.target[:, None])[:, 0] - batch.label) ** 2).mean().item()
+        for n, m in (("mean", mean), ("bias", bias))
+    }
     assert err["bias"] < 0.2 * err["mean"]

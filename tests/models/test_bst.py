@@ -13,8 +13,16 @@ from tests.factories import tiny_dataset
 def make(task="ranking", output="target", blocks=1, max_len=6, **kw):
     ds = tiny_dataset()
     store = SequenceStore(ds)
-    cfg = ModelConfig(task=task, output=output, blocks=blocks, dim=16, heads=4, mlp=[16, 8],
-                      use_user_id=True, **kw)
+    cfg = ModelConfig(
+        task=task,
+        output=output,
+        blocks=blocks,
+        dim=16,
+        heads=4,
+        mlp=[16, 8],
+        use_user_id=True,
+        **kw,
+    )
     torch.manual_seed(0)
     model = BST(cfg, catalog_features(ds, store.user_feature_names), max_len).eval()
     # random weights everywhere so no path is trivially zero
@@ -37,8 +45,9 @@ def test_score_of_an_example_ignores_the_rest_of_its_batch(output):
         torch.testing.assert_close(alone[0], full[i], rtol=1e-5, atol=1e-5)
     # reordered
     perm = torch.tensor([2, 0, 3, 1])
-    torch.testing.assert_close(model.score(batch.index(perm), cands), full[perm],
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        model.score(batch.index(perm), cands), full[perm], rtol=1e-5, atol=1e-5
+    )
     # other examples replaced by different users' histories
     other = batch.index(torch.tensor([0, 3, 3, 3]))
     other.hist_item[1:] = torch.randint(1, ds.n_items + 1, other.hist_item[1:].shape)
@@ -90,8 +99,12 @@ def test_cached_scoring_equals_plain(task, blocks):
     torch.testing.assert_close(cached, plain, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(att_c, att_p, rtol=1e-4, atol=1e-6)
     per_user = torch.randint(1, ds.n_items + 1, (len(batch), 7))
-    torch.testing.assert_close(model.score_cached(batch, per_user)[0],
-                               model.score_plain(batch, per_user)[0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        model.score_cached(batch, per_user)[0],
+        model.score_plain(batch, per_user)[0],
+        rtol=1e-4,
+        atol=1e-5,
+    )
 
 
 def test_empty_history_scores_are_finite():
@@ -156,19 +169,25 @@ def test_untrained_bst_ranks_as_its_wide_part_and_learns_from_there():
     cfg = ModelConfig(dim=16, heads=4, mlp=[16, 8])
     torch.manual_seed(0)
     model = BST(cfg, catalog_features(ds, store.user_feature_names), 6).eval()
-    cooc = fit_cooccurrence(ds.item, ds.user, sp.train_rows(ds.user_offsets), ds.n_items,
-                            CooccurrenceParams(window=2, last_n=3, decay=0.5, alpha=0.25))
+    cooc = fit_cooccurrence(
+        ds.item,
+        ds.user,
+        sp.train_rows(ds.user_offsets),
+        ds.n_items,
+        CooccurrenceParams(window=2, last_n=3, decay=0.5, alpha=0.25),
+    )
     model.wide.load_state_dict(cooc.scorer.state_dict())
     batch = store.batch_for_targets(torch.from_numpy(sp.targets("test")), 6)
     bst, base = model.score_all(batch), cooc.score_all(batch)
     # the same order (the baseline's popularity tie-break aside): compare where it is strict
     i, j = torch.randint(0, ds.n_items, (2, 2000))
-    strict = (base.gather(1, i.view(1, -1).expand(len(batch), -1))
-              - base.gather(1, j.view(1, -1).expand(len(batch), -1))).abs() > 1e-4
+    strict = (
+        base.gather(1, i.view(1, -1).expand(len(batch), -1))
+        - base.gather(1, j.view(1, -1).expand(len(batch), -1))
+    ).abs() > 1e-4
     sb = torch.sign(bst[:, i] - bst[:, j])[strict]
     assert torch.equal(sb, torch.sign(base[:, i] - base[:, j])[strict])
     assert model.tower is not None and model.wide is not None
-
 
 
 def test_rating_starts_at_the_bias_baseline_read_from_the_history():
@@ -194,8 +213,13 @@ def _with_fitted_wide():
 
     model, batch, ds = make()
     sp = leave_one_out(ds)
-    cooc = fit_cooccurrence(ds.item, ds.user, sp.train_rows(ds.user_offsets), ds.n_items,
-                            CooccurrenceParams(window=3, last_n=4, decay=0.7, alpha=0.25))
+    cooc = fit_cooccurrence(
+        ds.item,
+        ds.user,
+        sp.train_rows(ds.user_offsets),
+        ds.n_items,
+        CooccurrenceParams(window=3, last_n=4, decay=0.7, alpha=0.25),
+    )
     model.wide.load_state_dict(cooc.scorer.state_dict())
     return model, batch, ds
 
@@ -235,8 +259,9 @@ def test_explanations_follow_the_candidate():
     per = batch.hist_item.shape[0], ds.n_items
     contrib = model.wide.contributions(batch.hist_item, cands[None].expand(*per))
     # the per-watch shares add up to the count the wide part scores with
-    torch.testing.assert_close(contrib.sum(-1), model.wide.raw(batch.hist_item,
-                                                               cands[None].expand(*per)))
+    torch.testing.assert_close(
+        contrib.sum(-1), model.wide.raw(batch.hist_item, cands[None].expand(*per))
+    )
     weights = model.explain(batch, cands)  # (B, C, L)
     with_pairs = contrib.sum(-1) > 0
     assert with_pairs.any() and (~with_pairs).any(), "test needs both kinds of candidate"

@@ -37,13 +37,21 @@ def brute_counts(ds, train_end, window, symmetric, pair_decay, skip=None):
     return c
 
 
-@pytest.mark.parametrize("window,symmetric,pair_decay", [(1, False, 1.0), (3, True, 0.7),
-                                                          (4, False, 0.5)])
+@pytest.mark.parametrize(
+    "window,symmetric,pair_decay", [(1, False, 1.0), (3, True, 0.7), (4, False, 0.5)]
+)
 def test_counts_equal_a_brute_force_recount(window, symmetric, pair_decay):
     ds = tiny_dataset(n_users=12, n_items=15, per_user=9)
     sp = leave_one_out(ds)
-    keys, vals = count_pairs(ds.item + 1, ds.user, sp.train_rows(ds.user_offsets),
-                             ds.n_items + 1, window, symmetric, pair_decay)
+    keys, vals = count_pairs(
+        ds.item + 1,
+        ds.user,
+        sp.train_rows(ds.user_offsets),
+        ds.n_items + 1,
+        window,
+        symmetric,
+        pair_decay,
+    )
     size = ds.n_items + 1
     got = {(int(k) // size, int(k) % size): float(v) for k, v in zip(keys, vals, strict=True)}
     want = brute_counts(ds, sp.train_end, window, symmetric, pair_decay)
@@ -55,10 +63,10 @@ def test_counts_equal_a_brute_force_recount(window, symmetric, pair_decay):
 def test_pair_lookup_and_full_rows_agree():
     ds = tiny_dataset()
     sp = leave_one_out(ds)
-    params = CooccurrenceParams(window=3, symmetric=True, pair_decay=0.7, last_n=4,
-                                decay=0.6, alpha=0.25)
-    model = fit_cooccurrence(ds.item, ds.user, sp.train_rows(ds.user_offsets), ds.n_items,
-                             params)
+    params = CooccurrenceParams(
+        window=3, symmetric=True, pair_decay=0.7, last_n=4, decay=0.6, alpha=0.25
+    )
+    model = fit_cooccurrence(ds.item, ds.user, sp.train_rows(ds.user_offsets), ds.n_items, params)
     store = SequenceStore(ds)
     batch = store.batch_for_targets(torch.from_numpy(sp.targets("test")), 6)
     cands = torch.arange(1, ds.n_items + 1)
@@ -79,8 +87,7 @@ def test_self_count_removes_exactly_the_training_targets_own_pairs():
     ds = tiny_dataset(n_users=10, n_items=12, per_user=10)
     sp = leave_one_out(ds)
     params = CooccurrenceParams(window=3, symmetric=True, pair_decay=0.5, last_n=5, decay=0.7)
-    model = fit_cooccurrence(ds.item, ds.user, sp.train_rows(ds.user_offsets), ds.n_items,
-                             params)
+    model = fit_cooccurrence(ds.item, ds.user, sp.train_rows(ds.user_offsets), ds.n_items, params)
     store = SequenceStore(ds)
     rows = training_rows(ds, sp.train_end)
     batch = store.batch_for_targets(torch.from_numpy(rows), 8)
@@ -96,8 +103,11 @@ def test_self_count_removes_exactly_the_training_targets_own_pairs():
         later = brute_counts(ds, sp.train_end, 3, True, 0.5)
         hist = [h for h in batch.hist_item[i].tolist()[::-1][:5]]
         t = int(batch.target[i])
-        want = sum(0.7**j * (later.get((h, t), 0) - counts.get((h, t), 0)
-                             + without.get((h, t), 0)) for j, h in enumerate(hist) if h > 0)
+        want = sum(
+            0.7**j * (later.get((h, t), 0) - counts.get((h, t), 0) + without.get((h, t), 0))
+            for j, h in enumerate(hist)
+            if h > 0
+        )
         assert corrected[i].item() == pytest.approx(want, abs=1e-5)
 
 
@@ -106,8 +116,9 @@ def test_tuning_reads_only_validation_and_keeps_the_best_trial():
     sp = leave_one_out(ds)
     val_ndcg, seen = counting_validator(ds, sp)
 
-    model, trials = tune_cooccurrence(ds.item, ds.user, sp.train_rows(ds.user_offsets),
-                                      ds.n_items, val_ndcg)
+    model, trials = tune_cooccurrence(
+        ds.item, ds.user, sp.train_rows(ds.user_offsets), ds.n_items, val_ndcg
+    )
     assert len(trials) == len(seen) > 10
     best = max(trials, key=lambda t: t["val_NDCG@10"])
     assert val_ndcg(model) == pytest.approx(best["val_NDCG@10"])
@@ -121,8 +132,7 @@ def test_dense_and_sparse_lookups_agree(monkeypatch):
     ds = tiny_dataset()
     sp = leave_one_out(ds)
     params = CooccurrenceParams(window=2, symmetric=False, last_n=3, decay=0.5)
-    model = fit_cooccurrence(ds.item, ds.user, sp.train_rows(ds.user_offsets), ds.n_items,
-                             params)
+    model = fit_cooccurrence(ds.item, ds.user, sp.train_rows(ds.user_offsets), ds.n_items, params)
     batch = SequenceStore(ds).batch_for_targets(torch.from_numpy(sp.targets("val")), 5)
     cands = torch.randint(1, ds.n_items + 1, (len(batch), 7))
     assert model.scorer.counts.dense() is not None
@@ -146,7 +156,6 @@ def test_big_data_tunes_on_a_user_sample_and_fits_the_best_on_all():
     # whole users: each sampled user keeps every one of their training rows
     assert len(sample) == np.isin(ds.user[rows], users).sum()
     val, _ = counting_validator(ds, sp)
-    model, _ = tune_cooccurrence(ds.item, ds.user, rows, ds.n_items, val,
-                                 max_rows=len(rows) // 4)
+    model, _ = tune_cooccurrence(ds.item, ds.user, rows, ds.n_items, val, max_rows=len(rows) // 4)
     full = fit_cooccurrence(ds.item, ds.user, rows, ds.n_items, model.scorer.p)
     torch.testing.assert_close(model.scorer.counts.values, full.scorer.counts.values)

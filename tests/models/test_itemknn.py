@@ -30,8 +30,10 @@ def brute_similarity(ds, rows, shrink):
 
 def stored(model):
     size = model.sims.size
-    return {(int(k) // size, int(k) % size): float(v)
-            for k, v in zip(model.sims.keys, model.sims.values, strict=True)}
+    return {
+        (int(k) // size, int(k) % size): float(v)
+        for k, v in zip(model.sims.keys, model.sims.values, strict=True)
+    }
 
 
 def fitted(ds, params, item=None):

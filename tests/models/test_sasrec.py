@@ -26,8 +26,9 @@ def test_states_are_causal_and_per_example():
     later[:, -1] = torch.randint(1, ds.n_items + 1, (len(batch),))  # change the newest watch
     h2 = m.states(later)
     # positions before the newest never read it
-    torch.testing.assert_close(h[:, :-1][batch.hist_mask[:, :-1]],
-                               h2[:, :-1][batch.hist_mask[:, :-1]])
+    torch.testing.assert_close(
+        h[:, :-1][batch.hist_mask[:, :-1]], h2[:, :-1][batch.hist_mask[:, :-1]]
+    )
     # one example's scores do not depend on the rest of its batch
     full = m.score_all(batch)
     for i in range(len(batch)):

@@ -47,8 +47,14 @@ def test_openapi_documents_every_endpoint(client):
         assert p in paths, p
     schemas = spec["components"]["schemas"]
     # the records of bstrec.results, the Python API's own
-    assert {"HistoryRequest", "RecommendationsOut", "Recommendation", "Reason", "Watched",
-            "ErrorOut"} <= set(schemas)
+    assert {
+        "HistoryRequest",
+        "RecommendationsOut",
+        "Recommendation",
+        "Reason",
+        "Watched",
+        "ErrorOut",
+    } <= set(schemas)
 
 
 @pytest.mark.parametrize(
@@ -167,8 +173,11 @@ def _error(r, status, field=None):
 
 
 def test_unknown_user_is_404_naming_it(client):
-    for path, ids in (("/users/99999/recommendations", [99999]), ("/users/99999", [99999]),
-                      ("/users/abc/recommendations", ["abc"])):
+    for path, ids in (
+        ("/users/99999/recommendations", [99999]),
+        ("/users/99999", [99999]),
+        ("/users/abc/recommendations", ["abc"]),
+    ):
         body = _error(client.get(path), 404, "user_id")
         assert path.split("/")[2] in body["detail"] and body["ids"] == ids
 
@@ -267,8 +276,10 @@ def test_an_internal_error_is_a_generic_500(recommender, monkeypatch, caplog):
     # the model fails on its own thread; the request that waits for it answers 500
     monkeypatch.setattr(svc.rec, "rank", boom)
     with TestClient(app, raise_server_exceptions=False) as c:
-        for r in (c.post("/recommendations", json={"history": [10, 11]}),
-                  c.get(f"/users/{KNOWN_USER}/recommendations", params={"now": "2030-01-01"})):
+        for r in (
+            c.post("/recommendations", json={"history": [10, 11]}),
+            c.get(f"/users/{KNOWN_USER}/recommendations", params={"now": "2030-01-01"}),
+        ):
             assert r.status_code == 500
             assert r.json() == {"detail": "internal server error", "field": None}
             assert "secret" not in r.text
@@ -314,10 +325,16 @@ def test_serve_command_fails_cleanly_without_a_run(tmp_path):
 def test_health_lists_features_by_name_and_the_precompute(client):
     h = client.get("/health").json()
     assert h["user_feature_choices"] == [
-        {"name": "age", "label": "Age",
-         "choices": [{"value": v, "label": v} for v in ("0", "1", "2")]},
-        {"name": "gender", "label": "Gender",
-         "choices": [{"value": "F", "label": "female"}, {"value": "M", "label": "male"}]},
+        {
+            "name": "age",
+            "label": "Age",
+            "choices": [{"value": v, "label": v} for v in ("0", "1", "2")],
+        },
+        {
+            "name": "gender",
+            "label": "Gender",
+            "choices": [{"value": "F", "label": "female"}, {"value": "M", "label": "male"}],
+        },
     ]
     p = h["precompute"]  # this app was made without the background precompute
     assert p["enabled"] is False and p["complete"] is False
@@ -329,7 +346,14 @@ def test_movielens_features_read_as_names_in_their_order():
 
     ages = ["18-24", "25-34", "35-44", "45-49", "50-55", "56+", "Under 18"]  # as stored
     assert [c["value"] for c in choices("age", ages, "ml-1m-u2999")] == [
-        "Under 18", "18-24", "25-34", "35-44", "45-49", "50-55", "56+"]
+        "Under 18",
+        "18-24",
+        "25-34",
+        "35-44",
+        "45-49",
+        "50-55",
+        "56+",
+    ]
     codes = sorted(str(i) for i in range(21))  # '0', '1', '10', ... as text
     occ = choices("occupation", codes, "ml-1m-u2999")
     assert [c["value"] for c in occ] == [str(i) for i in range(21)]
@@ -344,18 +368,17 @@ def test_movielens_features_read_as_names_in_their_order():
 def test_a_request_may_give_its_own_time(client, recommender):
     base = {"history": [20, 21, 22], "k": 5}
     default = client.post("/recommendations", json=base).json()
-    same = client.post("/recommendations",
-                       json={**base, "now": recommender.last_time}).json()
+    same = client.post("/recommendations", json={**base, "now": recommender.last_time}).json()
     assert same == default, "the default time is the data set's last rating"
     later = client.post("/recommendations", json={**base, "now": "2031-05-01T12:00:00Z"})
     assert later.status_code == 200
     assert later.json() == as_json(recommender.for_history([20, 21, 22], 5, now=1_935_489_600))
     r = client.get(f"/users/{KNOWN_USER}/recommendations", params={"now": "2031-05-01"})
     assert r.status_code == 200 and r.headers["server-timing"] != "queue;dur=0.00, model;dur=0.00"
-    _error(client.get(f"/users/{KNOWN_USER}/recommendations", params={"now": "1970-01-02"}),
-           422, "now")
-    _error(client.get(f"/users/{KNOWN_USER}/recommendations", params={"now": "soon"}),
-           422, "now")
+    _error(
+        client.get(f"/users/{KNOWN_USER}/recommendations", params={"now": "1970-01-02"}), 422, "now"
+    )
+    _error(client.get(f"/users/{KNOWN_USER}/recommendations", params={"now": "soon"}), 422, "now")
     _error(client.post("/recommendations", json={**base, "now": "soon"}), 422, "now")
 
 
@@ -371,8 +394,7 @@ def test_more_picks_than_kept_are_computed_on_demand(client, recommender):
     assert again.headers["server-timing"] == "queue;dur=0.00, model;dur=0.00", "kept"
 
 
-def test_server_answers_while_known_users_are_ranked_in_the_background(tiny_run,
-                                                                     recommender):
+def test_server_answers_while_known_users_are_ranked_in_the_background(tiny_run, recommender):
     """Instant start: /health is answered while the precompute is busy, and a request
     for a user it has not reached goes before it and is computed on demand, with the
     same answer. One model thread, held inside the precompute's first user."""
@@ -408,8 +430,9 @@ def test_server_answers_while_known_users_are_ranked_in_the_background(tiny_run,
         p = c.get("/health").json()["precompute"]  # the model thread is busy meanwhile
         assert p["enabled"] and not p["complete"] and p["users_done"] == 0
         answer = {}
-        asking = threading.Thread(target=lambda: answer.update(
-            r=c.get("/users/40/recommendations", params={"k": 7})))  # index 39
+        asking = threading.Thread(
+            target=lambda: answer.update(r=c.get("/users/40/recommendations", params={"k": 7}))
+        )  # index 39
         asking.start()
         for _ in range(200):
             if workers.requests.qsize():

@@ -151,7 +151,8 @@ def test_movielens_demographics_read_as_names_in_order(page, live_server):
     other.route("**/health", lambda route: route.fulfill(json=health))
     other.goto(live_server + "/")
     expect(other.locator("#feat-age option")).to_have_text(
-        ["not given", "Under 18", "18-24", "25-34", "35-44", "45-49", "50-55", "56+"])
+        ["not given", "Under 18", "18-24", "25-34", "35-44", "45-49", "50-55", "56+"]
+    )
     occupations = other.locator("#feat-occupation option")
     expect(occupations).to_have_count(22)
     expect(occupations.nth(1)).to_have_text("other or not specified")

@@ -29,8 +29,7 @@ print(json.dumps({"pages": pages, "before": before, "took": took, "after": after
 def test_a_steps_large_blocks_stay_mapped_after_keep_freed_memory():
     """The freed 64 MB tensors of one "step" must be reused by the next, not faulted in
     again: what made CPU training steps 1.5x faster (bstrec/training/memory.py)."""
-    out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, check=True)
     r = json.loads(out.stdout.strip().splitlines()[-1])
     if not r["took"]:
         pytest.skip("no glibc mallopt here")

@@ -89,9 +89,7 @@ def info(
     from bstrec import describe, load_dataset
 
     with fail_cleanly():
-        ds = load_dataset(
-            path_or_name, data_dir, items=items, users=users, cache=not no_cache
-        )
+        ds = load_dataset(path_or_name, data_dir, items=items, users=users, cache=not no_cache)
         stats = describe(ds)
     if json_out:
         emit_json(stats)

@@ -18,8 +18,9 @@ def register(app: typer.Typer) -> None:
 def recommend(
     run_dir: Path = typer.Argument(..., help="Run folder written by `bstrec train`"),
     user: str = typer.Option(None, "--user", help="Raw user id from the data set"),
-    history: str = typer.Option(None, "--history",
-                                help="Raw movie ids, comma-separated, newest last"),
+    history: str = typer.Option(
+        None, "--history", help="Raw movie ids, comma-separated, newest last"
+    ),
     k: int = typer.Option(10, "-k", "--k", min=1, max=1000, help="How many movies"),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output"),
 ) -> None:
@@ -48,16 +49,20 @@ def parse_id_list(text: str, option: str) -> list[str]:
     items = [t.strip() for t in text.split(",")]
     for i, item in enumerate(items, 1):
         if not item:
-            raise UsageError(f"{option} {text!r}: item {i} is empty; give ids separated by "
-                             "single commas, e.g. 1193,661,914")
+            raise UsageError(
+                f"{option} {text!r}: item {i} is empty; give ids separated by "
+                "single commas, e.g. 1193,661,914"
+            )
     return items
 
 
 def check_whole_numbers(ids: list[str], option: str) -> None:
     for i, item in enumerate(ids, 1):
         if not re.fullmatch(r"-?[0-9]+", item):
-            raise UsageError(f"{option}: item {i}, {item!r}, is not a movie id (this run's "
-                             "movie ids are whole numbers)")
+            raise UsageError(
+                f"{option}: item {i}, {item!r}, is not a movie id (this run's "
+                "movie ids are whole numbers)"
+            )
 
 
 def print_recommendations(out: Recommendations) -> None:
@@ -70,8 +75,12 @@ def print_recommendations(out: Recommendations) -> None:
     for col in ("movie", "title", "genres", "rating"):
         recent.add_column(col)
     for w in out.history:
-        recent.add_row(str(w.movie_id), w.title, ", ".join(w.genres),
-                       "" if w.rating is None else f"{w.rating:g}")
+        recent.add_row(
+            str(w.movie_id),
+            w.title,
+            ", ".join(w.genres),
+            "" if w.rating is None else f"{w.rating:g}",
+        )
     console.print(recent)
     label = "predicted stars" if out.task == "rating" else "score"
     picks = Table(title=f"Recommended for {who}")
@@ -79,6 +88,7 @@ def print_recommendations(out: Recommendations) -> None:
         picks.add_column(col)
     for i, p in enumerate(out, 1):
         because = "; ".join(b.title for b in p.because)
-        picks.add_row(str(i), str(p.movie_id), p.title, ", ".join(p.genres),
-                      f"{p.score:.3f}", because)
+        picks.add_row(
+            str(i), str(p.movie_id), p.title, ", ".join(p.genres), f"{p.score:.3f}", because
+        )
     console.print(picks)

@@ -43,8 +43,7 @@ def serve(
         "--keep-top",
         min=1,
         max=10_000,
-        help="picks kept per known user once computed; a request for more is computed "
-        "on demand",
+        help="picks kept per known user once computed; a request for more is computed on demand",
     ),
     candidates: int = typer.Option(
         None,
@@ -68,8 +67,9 @@ def serve(
 
             from bstrec.serve.app import create_app
         except ModuleNotFoundError as e:
-            raise RuntimeError(f"serving needs the 'serve' extra ({e.name} is missing): "
-                               "pip install -e '.[serve]'") from None
+            raise RuntimeError(
+                f"serving needs the 'serve' extra ({e.name} is missing): pip install -e '.[serve]'"
+            ) from None
 
     import torch
 
@@ -85,11 +85,14 @@ def serve(
 
         t0 = time.perf_counter()
         rec = load_run(run_dir).recommender(keep_top=keep_top, candidates=candidates)
-        say(f"loaded {run_dir} in {time.perf_counter() - t0:.1f} s: {rec.ds.n_users:,} users, "
-            f"{rec.ds.n_items:,} movies")
+        say(
+            f"loaded {run_dir} in {time.perf_counter() - t0:.1f} s: {rec.ds.n_users:,} users, "
+            f"{rec.ds.n_items:,} movies"
+        )
         # the server answers from here on; known users are ranked in the background
-        settings = WorkerSettings(threads=model_threads, torch_threads=threads,
-                                  precompute=precompute)
+        settings = WorkerSettings(
+            threads=model_threads, torch_threads=threads, precompute=precompute
+        )
         app = create_app(rec, settings, say=say)
     # Everything loaded so far lives as long as the server: torch, pydantic and FastAPI
     # internals, the run. A full garbage collection walks all of it (about 200,000

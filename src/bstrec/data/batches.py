@@ -87,9 +87,13 @@ class SequenceStore:
             feats = np.zeros((ds.n_users, 0), dtype=np.int64)
         self.user_feats = torch.from_numpy(feats)  # (n_users, F)
 
-    def batch_for_targets(self, rows: torch.Tensor, max_len: int,
-                          hist_limit: torch.Tensor | None = None,
-                          now: str = "last-input") -> Batch:
+    def batch_for_targets(
+        self,
+        rows: torch.Tensor,
+        max_len: int,
+        hist_limit: torch.Tensor | None = None,
+        now: str = "last-input",
+    ) -> Batch:
         """Batch whose targets are dataset rows ``rows``; history = the rows before.
 
         ``hist_limit`` (B,) optionally caps how far back history may reach (absolute
@@ -111,8 +115,9 @@ class SequenceStore:
             raise ValueError(f"now must be last-input or target, not {now!r}")
         return self._gather(user, lo, rows, time, max_len, target_rows=rows)
 
-    def batch_for_users(self, users: torch.Tensor, max_len: int,
-                        time: torch.Tensor | None = None) -> Batch:
+    def batch_for_users(
+        self, users: torch.Tensor, max_len: int, time: torch.Tensor | None = None
+    ) -> Batch:
         """Batch for recommending to known users now: history = their latest rows."""
         users = users.to(torch.long)
         end = self.offsets[users + 1]
@@ -147,9 +152,15 @@ class SequenceStore:
         )
 
 
-def history_batch(item_tokens: list[int], max_len: int, n_user_feats: int,
-                  user_feats: list[int] | None = None, times: list[int] | None = None,
-                  now: int | None = None, ratings: list[float] | None = None) -> Batch:
+def history_batch(
+    item_tokens: list[int],
+    max_len: int,
+    n_user_feats: int,
+    user_feats: list[int] | None = None,
+    times: list[int] | None = None,
+    now: int | None = None,
+    ratings: list[float] | None = None,
+) -> Batch:
     """A one-row batch for a person who is not in the data: a list of watched items.
 
     Without timestamps every watch counts as "just now" (gap bucket 1), which is

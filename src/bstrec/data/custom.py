@@ -203,9 +203,7 @@ def rating_column(tf: TableFile, name: str) -> np.ndarray:
     bad = np.flatnonzero(~np.isnan(r) & ((r < lo) | (r > hi)))
     if len(bad):
         i = int(bad[0])
-        raise DataError(
-            f"{tf.where(i)}: field 'rating' is outside {lo:g}..{hi:g} (value {r[i]:g})"
-        )
+        raise DataError(f"{tf.where(i)}: field 'rating' is outside {lo:g}..{hi:g} (value {r[i]:g})")
     return r
 
 

@@ -192,8 +192,16 @@ def _stream(resp, part: Path, append, total, initial, name, url, progress, expec
     got = 0
     with (
         open(part, "ab" if append else "wb") as f,
-        tqdm(total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024,
-             desc=name, disable=not progress, leave=False) as bar,  # fmt: skip
+        tqdm(
+            total=total,
+            initial=initial,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=name,
+            disable=not progress,
+            leave=False,
+        ) as bar,  # fmt: skip
     ):
         try:
             while chunk := resp.read(CHUNK):

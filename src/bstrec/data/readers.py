@@ -64,8 +64,7 @@ def decode(data: bytes, path: Path, encoding: str) -> str:
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
         raise DataError(
-            f"{path}:{line}: not valid {encoding} text (byte {data[e.start]:#04x}); "
-            "wrong encoding?"
+            f"{path}:{line}: not valid {encoding} text (byte {data[e.start]:#04x}); wrong encoding?"
         ) from None
 
 
@@ -322,8 +321,8 @@ def read_ml1m_users(path: Path) -> tuple[UserTable, str]:
     rows = _ML1M_USER.findall(text)
     if len(rows) != _count_nonblank(text):
         _ml1m_users_slow(text, path)
-    ids, gender, age, occ, zips = (list(c) for c in zip(*rows, strict=True)) if rows else (
-        [], [], [], [], []
+    ids, gender, age, occ, zips = (
+        (list(c) for c in zip(*rows, strict=True)) if rows else ([], [], [], [], [])
     )
     bad_gender = [i for i, g in enumerate(gender) if g not in ("M", "F")]
     bad_age = [i for i, a in enumerate(age) if a not in ML1M_AGES]
@@ -387,8 +386,7 @@ def read_ml100k_items(path: Path) -> tuple[ItemTable, str]:
         if any(f not in ("0", "1") for f in row):
             bad = next(i for i, f in enumerate(row) if f not in ("0", "1"))
             raise DataError(
-                f"{path}:{lineno}: field 'genre {ML100K_GENRES[bad]}' must be 0 or 1: "
-                f"{row[bad]!r}"
+                f"{path}:{lineno}: field 'genre {ML100K_GENRES[bad]}' must be 0 or 1: {row[bad]!r}"
             )
         ids.append(int(parts[0]))
         titles.append(parts[1])
@@ -416,9 +414,7 @@ def _release_year(date: str, title: str, path: Path, lineno: int) -> int:
     date = date.strip()
     year = date.rsplit("-", 1)[-1]
     if date and not (len(year) == 4 and year.isdigit()):
-        raise DataError(
-            f"{path}:{lineno}: field 'release date' is not like 01-Jan-1995: {date!r}"
-        )
+        raise DataError(f"{path}:{lineno}: field 'release date' is not like 01-Jan-1995: {date!r}")
     return parse_year(title) or (int(year) if date else 0)
 
 
@@ -601,7 +597,10 @@ def _check_unique(
 
 
 def check_known_items(
-    raw_item: np.ndarray, table: ItemTable, data_path: Path, item_file: Path,
+    raw_item: np.ndarray,
+    table: ItemTable,
+    data_path: Path,
+    item_file: Path,
     skip_header: bool = False,
 ) -> None:
     """Every rated movie must be listed in the item file; name the first line that is not."""

@@ -76,8 +76,13 @@ def leave_one_out(ds: Dataset) -> Split:
     )
 
 
-def time_cutoff(ds: Dataset, val_time: int | None = None, test_time: int | None = None,
-                val_quantile: float = 0.8, test_quantile: float = 0.9) -> Split:
+def time_cutoff(
+    ds: Dataset,
+    val_time: int | None = None,
+    test_time: int | None = None,
+    val_quantile: float = 0.8,
+    test_quantile: float = 0.9,
+) -> Split:
     """Global time split: training is everything before ``val_time``.
 
     A user's validation target is their first interaction in [val_time, test_time), the
@@ -119,8 +124,9 @@ class WindowSplit:
     leaky: bool = True
 
 
-def seed_windows(ds: Dataset, window: int = 4, step: int = 2, test_fraction: float = 0.15,
-                 seed: int = 0) -> WindowSplit:
+def seed_windows(
+    ds: Dataset, window: int = 4, step: int = 2, test_fraction: float = 0.15, seed: int = 0
+) -> WindowSplit:
     """The reference notebook's split. LEAKY: windows of one user land on both sides."""
     starts, n = ds.user_offsets[:-1], np.diff(ds.user_offsets)
     per_user = np.where(n >= window, (n - window) // step + 1, 0)

@@ -18,9 +18,13 @@ class ScoringModel(nn.Module):
     task: str = "ranking"  # ranking | rating
     n_items: int
 
-    def loss(self, batch: Batch, negatives: torch.Tensor | None = None,
-             loss: str = "sampled-softmax", neg_logq: torch.Tensor | None = None
-             ) -> torch.Tensor:
+    def loss(
+        self,
+        batch: Batch,
+        negatives: torch.Tensor | None = None,
+        loss: str = "sampled-softmax",
+        neg_logq: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Training loss of a batch. Ranking: ``negatives`` item tokens, (N,) shared by
         the batch for ``loss="sampled-softmax"`` (``neg_logq``: their log sampling
         probability relative to uniform, for the correction) or (B, N) per target for

@@ -44,20 +44,33 @@ class Transitions(ScoringModel):
     plus a tiny popularity term that breaks ties.
     """
 
-    def __init__(self, n_items: int, window: int = 1, last_n: int = 1, decay: float = 0.5,
-                 counts: torch.Tensor | None = None, popularity: torch.Tensor | None = None):
+    def __init__(
+        self,
+        n_items: int,
+        window: int = 1,
+        last_n: int = 1,
+        decay: float = 0.5,
+        counts: torch.Tensor | None = None,
+        popularity: torch.Tensor | None = None,
+    ):
         super().__init__()
         self.n_items = n_items
         self.window, self.last_n, self.decay = window, last_n, decay
         size = n_items + 1
         self.register_buffer("counts", torch.zeros(size, size) if counts is None else counts)
-        self.register_buffer(
-            "popularity", torch.zeros(size) if popularity is None else popularity
-        )
+        self.register_buffer("popularity", torch.zeros(size) if popularity is None else popularity)
 
     @classmethod
-    def fit(cls, item: np.ndarray, user: np.ndarray, train_rows: np.ndarray, n_items: int,
-            window: int = 1, last_n: int = 1, decay: float = 0.5) -> Transitions:
+    def fit(
+        cls,
+        item: np.ndarray,
+        user: np.ndarray,
+        train_rows: np.ndarray,
+        n_items: int,
+        window: int = 1,
+        last_n: int = 1,
+        decay: float = 0.5,
+    ) -> Transitions:
         size = n_items + 1
         rows = np.asarray(train_rows)
         in_train = np.zeros(len(item) + window + 1, dtype=bool)
@@ -70,9 +83,14 @@ class Transitions(ScoringModel):
             counts += np.bincount(a * size + b, minlength=size * size).astype(np.float32)
         pop = np.bincount(item[rows] + 1, minlength=size).astype(np.float32)
         pop[0] = 0
-        return cls(n_items, window, last_n, decay,
-                   torch.from_numpy(counts.reshape(size, size)),
-                   torch.from_numpy(pop / max(pop.max(), 1.0) * 1e-3))
+        return cls(
+            n_items,
+            window,
+            last_n,
+            decay,
+            torch.from_numpy(counts.reshape(size, size)),
+            torch.from_numpy(pop / max(pop.max(), 1.0) * 1e-3),
+        )
 
     def score(self, batch: Batch, candidates: torch.Tensor) -> torch.Tensor:
         cands = _cands(batch, candidates)  # (B, C)
@@ -88,8 +106,14 @@ class RatingBaseline(ScoringModel):
 
     task = "rating"
 
-    def __init__(self, n_items: int, n_users: int, mean: float = 0.0,
-                 user_bias: torch.Tensor | None = None, item_bias: torch.Tensor | None = None):
+    def __init__(
+        self,
+        n_items: int,
+        n_users: int,
+        mean: float = 0.0,
+        user_bias: torch.Tensor | None = None,
+        item_bias: torch.Tensor | None = None,
+    ):
         super().__init__()
         self.n_items = n_items
         self.register_buffer("mean", torch.tensor(float(mean)))
@@ -101,9 +125,18 @@ class RatingBaseline(ScoringModel):
         )
 
     @classmethod
-    def fit(cls, kind: str, user: np.ndarray, item: np.ndarray, rating: np.ndarray,
-            train_rows: np.ndarray, n_users: int, n_items: int, reg: float = 5.0,
-            iters: int = 10) -> RatingBaseline:
+    def fit(
+        cls,
+        kind: str,
+        user: np.ndarray,
+        item: np.ndarray,
+        rating: np.ndarray,
+        train_rows: np.ndarray,
+        n_users: int,
+        n_items: int,
+        reg: float = 5.0,
+        iters: int = 10,
+    ) -> RatingBaseline:
         u, i, r = user[train_rows], item[train_rows], rating[train_rows].astype(np.float64)
         mu = float(r.mean())
         bu = np.zeros(n_users)
@@ -122,9 +155,13 @@ class RatingBaseline(ScoringModel):
         elif kind != "global-mean":
             raise ValueError(f"unknown rating baseline {kind!r}")
         pad = np.zeros(1)
-        return cls(n_items, n_users, mu,
-                   torch.from_numpy(np.concatenate([pad, bu]).astype(np.float32)),
-                   torch.from_numpy(np.concatenate([pad, bi]).astype(np.float32)))
+        return cls(
+            n_items,
+            n_users,
+            mu,
+            torch.from_numpy(np.concatenate([pad, bu]).astype(np.float32)),
+            torch.from_numpy(np.concatenate([pad, bi]).astype(np.float32)),
+        )
 
     def score(self, batch: Batch, candidates: torch.Tensor) -> torch.Tensor:
         cands = _cands(batch, candidates)

@@ -68,8 +68,14 @@ class UserSide:
     states: torch.Tensor | None  # (B, L, D) the SASRec tower's states, if any
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allow: torch.Tensor,
-           self_k: torch.Tensor | None = None, self_v: torch.Tensor | None = None):
+def attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    allow: torch.Tensor,
+    self_k: torch.Tensor | None = None,
+    self_v: torch.Tensor | None = None,
+):
     """Scaled dot-product attention, the one implementation every path uses.
 
     q (..., H, Q, dh), already divided by sqrt(dh); k, v (..., H, K, dh); ``allow``
@@ -109,8 +115,12 @@ class CatalogCache:
 
     def part(self, start: int, end: int) -> CatalogCache:
         """Movies start..end-1 (a chunk of score_all)."""
-        return CatalogCache(self.tokens[start:end], self.q[:, :, start:end],
-                            self.k[:, :, start:end], self.v[:, :, start:end])
+        return CatalogCache(
+            self.tokens[start:end],
+            self.q[:, :, start:end],
+            self.k[:, :, start:end],
+            self.v[:, :, start:end],
+        )
 
 
 class Block(nn.Module):
@@ -276,8 +286,9 @@ class BST(ScoringModel):
             parts.append(self.user_id_emb(user))
         return torch.cat(parts, -1) if parts else None  # (B, U)
 
-    def wide_feature(self, batch: Batch, candidates: torch.Tensor | None,
-                     own: torch.Tensor | None = None) -> torch.Tensor | None:
+    def wide_feature(
+        self, batch: Batch, candidates: torch.Tensor | None, own: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
         """log(1 + co-occurrence score) of each candidate: (B, C), or (B, n_items) for
         ``candidates=None``. ``own`` (B, C) is subtracted from the raw counts first: a
         training target's own pairs (see ``CooccurrenceScorer.self_count``)."""
@@ -375,8 +386,9 @@ class BST(ScoringModel):
             e = min(s + self.score_chunk, self.n_items)
             part = cache.part(s, e)
             cheap = (None if wide is None else wide[:, s:e], None if dot is None else dot[:, s:e])
-            out.append(self.score_cached(batch, tokens[s:e], frozen=part, side=side,
-                                         cheap=cheap)[0])
+            out.append(
+                self.score_cached(batch, tokens[s:e], frozen=part, side=side, cheap=cheap)[0]
+            )
         return torch.cat(out, 1)
 
     @property
@@ -389,8 +401,7 @@ class BST(ScoringModel):
         recent history (item-to-item neighbours). The head then ranks the top few."""
         if not self.retrieves:
             return None
-        scores = torch.zeros(batch.hist_item.shape[0], self.n_items,
-                             device=batch.hist_item.device)
+        scores = torch.zeros(batch.hist_item.shape[0], self.n_items, device=batch.hist_item.device)
         if self.tower is not None:
             scores = scores + self.dot_term(self.user_side(batch), None)
         if self.wide is not None:
@@ -406,8 +417,13 @@ class BST(ScoringModel):
         self.catalog_cache = None
         return super().load_state_dict(*args, **kwargs)
 
-    def score(self, batch: Batch, candidates: torch.Tensor,
-              own: torch.Tensor | None = None, side: UserSide | None = None) -> torch.Tensor:
+    def score(
+        self,
+        batch: Batch,
+        candidates: torch.Tensor,
+        own: torch.Tensor | None = None,
+        side: UserSide | None = None,
+    ) -> torch.Tensor:
         scores, _ = self._score(batch, candidates, want_attention=False, own=own, side=side)
         return scores
 
@@ -420,8 +436,11 @@ class BST(ScoringModel):
         att = self.attention(batch, candidates)
         if self.wide is None:
             return att
-        cands = candidates if candidates.dim() == 2 else candidates[None].expand(
-            batch.hist_item.shape[0], -1)
+        cands = (
+            candidates
+            if candidates.dim() == 2
+            else candidates[None].expand(batch.hist_item.shape[0], -1)
+        )
         pairs = self.wide.contributions(batch.hist_item, cands)  # (B, C, L)
         total = pairs.sum(-1, keepdim=True)
         return torch.where(total > 0, pairs / total.clamp_min(1e-12), att)
@@ -431,8 +450,14 @@ class BST(ScoringModel):
         averaged over heads (the explanation of rounds before issue 9)."""
         return self._score(batch, candidates, want_attention=True)[1]
 
-    def _score(self, batch: Batch, candidates: torch.Tensor, want_attention: bool, own=None,
-               side: UserSide | None = None):
+    def _score(
+        self,
+        batch: Batch,
+        candidates: torch.Tensor,
+        want_attention: bool,
+        own=None,
+        side: UserSide | None = None,
+    ):
         if self.cfg.output == "concat":
             return self.score_plain(batch, candidates, want_attention, own=own)
         return self.score_cached(batch, candidates, want_attention, own=own, side=side)
@@ -447,9 +472,16 @@ class BST(ScoringModel):
         u = self.user_vector(batch)
         return self.mlp_user(u) if self.mlp_user is not None else None  # (B, H1)
 
-    def score_cached(self, batch: Batch, candidates: torch.Tensor, want_attention=False,
-                     frozen: CatalogCache | None = None, own: torch.Tensor | None = None,
-                     side: UserSide | None = None, cheap: tuple | None = None):
+    def score_cached(
+        self,
+        batch: Batch,
+        candidates: torch.Tensor,
+        want_attention=False,
+        frozen: CatalogCache | None = None,
+        own: torch.Tensor | None = None,
+        side: UserSide | None = None,
+        cheap: tuple | None = None,
+    ):
         """Target-position output with history keys/values computed once per user.
 
         candidates: (C,) shared by all users, or (B, C) per user. ``frozen``: the
@@ -486,8 +518,11 @@ class BST(ScoringModel):
             wide, dot = cheap
         else:
             wide = self.wide_feature(batch, None if whole else candidates, own)
-            dot = (self.dot_term(side, None if whole else candidates)
-                   if self.tower is not None else None)
+            dot = (
+                self.dot_term(side, None if whole else candidates)
+                if self.tower is not None
+                else None
+            )
         scores = self.head(t, attn_out, aff, self._user_part(batch), wide)
         if dot is not None:
             scores = scores + dot
@@ -532,8 +567,13 @@ class BST(ScoringModel):
             dot = (u[:, None, :] * emb[candidates]).sum(-1)
         return self.dot_gate * dot
 
-    def score_plain(self, batch: Batch, candidates: torch.Tensor, want_attention=False,
-                    own: torch.Tensor | None = None):
+    def score_plain(
+        self,
+        batch: Batch,
+        candidates: torch.Tensor,
+        want_attention=False,
+        own: torch.Tensor | None = None,
+    ):
         """The literal computation: one (L + 1)-token sequence per (user, candidate)."""
         b, seq_len = batch.hist_item.shape
         if candidates.dim() == 1:
@@ -566,8 +606,7 @@ class BST(ScoringModel):
         # (B, C, (L+1) D) for concat, (B, C, D) for the target position
         # padded positions attend only to themselves: their outputs carry whatever the
         # padding held, so the concatenation reads zeros there instead
-        seq_out = ((x * real[:, :, None]).reshape(b, c, -1) if concat
-                   else x[:, -1].view(b, c, -1))
+        seq_out = (x * real[:, :, None]).reshape(b, c, -1) if concat else x[:, -1].view(b, c, -1)
         prod = aff = None
         if self.cfg.interaction_features:
             # the attention output at the target position, before residual and norms
@@ -575,8 +614,9 @@ class BST(ScoringModel):
             blk = self.blocks[-1]
             q, k, v = (blk.split(z) for z in blk.qkv(attn_in).chunk(3, -1))  # (N, H, T, dh)
             q = q[:, :, -1:] / math.sqrt(q.shape[-1])
-            out, _, lse = attend(q, k[:, :, :-1], v[:, :, :-1], allow[:, None, -1:, :-1],
-                                 k[:, :, -1:], v[:, :, -1:])  # (N, H, 1, dh), (N, H, 1)
+            out, _, lse = attend(
+                q, k[:, :, :-1], v[:, :, :-1], allow[:, None, -1:, :-1], k[:, :, -1:], v[:, :, -1:]
+            )  # (N, H, 1, dh), (N, H, 1)
             has = allow[:, -1, :-1].any(-1).view(b, c, 1)
             aff = torch.where(has, lse.view(b, c, -1), 0.0)  # (B, C, H)
             prod = blk.merge(out).view(b, c, -1) * t0
@@ -589,8 +629,9 @@ class BST(ScoringModel):
         return scores, att_first
 
     # ------------------------------------------------------------------ training
-    def full_softmax_loss(self, batch: Batch, side: UserSide,
-                          own: torch.Tensor | None) -> torch.Tensor | float:
+    def full_softmax_loss(
+        self, batch: Batch, side: UserSide, own: torch.Tensor | None
+    ) -> torch.Tensor | float:
         """Full-catalogue cross-entropy of the tower (0 without one); ``own`` (B,): the
         targets' own co-occurrence pairs (``own_pairs``)."""
         if self.tower is None:
@@ -609,12 +650,15 @@ class BST(ScoringModel):
 
     def own_pairs(self, batch: Batch) -> torch.Tensor | None:
         """(B,) what a training target's own pairs add to its co-occurrence count."""
-        return None if self.wide is None else self.wide.self_count(batch.hist_item,
-                                                                   batch.target)
+        return None if self.wide is None else self.wide.self_count(batch.hist_item, batch.target)
 
-    def loss(self, batch: Batch, negatives: torch.Tensor | None = None,
-             loss: str = "sampled-softmax", neg_logq: torch.Tensor | None = None
-             ) -> torch.Tensor:
+    def loss(
+        self,
+        batch: Batch,
+        negatives: torch.Tensor | None = None,
+        loss: str = "sampled-softmax",
+        neg_logq: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         if self.task == "rating":
             pred = self.score(batch, batch.target[:, None]).squeeze(1)  # (B,)
             return F.mse_loss(pred, batch.label)
@@ -624,8 +668,9 @@ class BST(ScoringModel):
             # candidates: each row's positive, then negatives shared by the batch
             own = self.own_pairs(batch)
             side = self.user_side(batch)  # once for the positives and the negatives
-            pos = self.score(batch, batch.target[:, None],
-                             own=None if own is None else own[:, None], side=side)  # (B, 1)
+            pos = self.score(
+                batch, batch.target[:, None], own=None if own is None else own[:, None], side=side
+            )  # (B, 1)
             neg = self.score(batch, negatives, side=side)  # (B, N)
             if neg_logq is not None:  # popularity sampler: logQ correction
                 neg = neg - neg_logq[None, :]
@@ -644,6 +689,7 @@ class BST(ScoringModel):
             logits = self.score(batch, cand, own=own_cand, side=side)
             labels = torch.zeros_like(logits)
             labels[:, 0] = 1
-            return (F.binary_cross_entropy_with_logits(logits, labels)
-                    + self.full_softmax_loss(batch, side, own))
+            return F.binary_cross_entropy_with_logits(logits, labels) + self.full_softmax_loss(
+                batch, side, own
+            )
         raise ValueError(f"unknown ranking loss {loss!r} (sampled-softmax | bce)")

@@ -40,8 +40,17 @@ class CooccurrenceParams:
     alpha: float = 0.0
 
     def as_tensor(self) -> torch.Tensor:
-        return torch.tensor([self.window, float(self.symmetric), self.pair_decay, self.last_n,
-                             self.decay, self.alpha], dtype=torch.float64)
+        return torch.tensor(
+            [
+                self.window,
+                float(self.symmetric),
+                self.pair_decay,
+                self.last_n,
+                self.decay,
+                self.alpha,
+            ],
+            dtype=torch.float64,
+        )
 
     @classmethod
     def from_tensor(cls, t: torch.Tensor) -> CooccurrenceParams:
@@ -49,9 +58,15 @@ class CooccurrenceParams:
         return cls(int(w), bool(s), float(pd), int(n), float(d), float(a))
 
 
-def count_pairs(item_tok: np.ndarray, user: np.ndarray, train_rows: np.ndarray, size: int,
-                window: int, symmetric: bool, pair_decay: float = 1.0
-                ) -> tuple[np.ndarray, np.ndarray]:
+def count_pairs(
+    item_tok: np.ndarray,
+    user: np.ndarray,
+    train_rows: np.ndarray,
+    size: int,
+    window: int,
+    symmetric: bool,
+    pair_decay: float = 1.0,
+) -> tuple[np.ndarray, np.ndarray]:
     """Sparse pair counts over training rows: sorted keys ``a * size + b`` and counts.
 
     Each pair of one user's training rows k <= ``window`` apart counts
@@ -73,8 +88,9 @@ def count_pairs(item_tok: np.ndarray, user: np.ndarray, train_rows: np.ndarray, 
         # would need tens of GB, their distinct keys a few
         new, n = np.unique(pairs, return_counts=True)
         keys, inv = np.unique(np.concatenate([keys, new]), return_inverse=True)
-        counts = np.bincount(inv, weights=np.concatenate(
-            [counts, n * np.float32(pair_decay ** (k - 1))])).astype(np.float32)
+        counts = np.bincount(
+            inv, weights=np.concatenate([counts, n * np.float32(pair_decay ** (k - 1))])
+        ).astype(np.float32)
     return keys, counts
 
 
@@ -95,11 +111,15 @@ class CooccurrenceScorer(nn.Module):
             self._p = CooccurrenceParams.from_tensor(self.params)
         return self._p
 
-    def set_counts(self, keys: np.ndarray, values: np.ndarray, popularity: np.ndarray,
-                   params: CooccurrenceParams) -> None:
+    def set_counts(
+        self,
+        keys: np.ndarray,
+        values: np.ndarray,
+        popularity: np.ndarray,
+        params: CooccurrenceParams,
+    ) -> None:
         self.counts.set(torch.from_numpy(keys), torch.from_numpy(values))
-        self.popularity = torch.from_numpy(popularity.astype(np.float32)).to(
-            self.popularity.device)
+        self.popularity = torch.from_numpy(popularity.astype(np.float32)).to(self.popularity.device)
         self.set_params(params)
 
     def set_params(self, params: CooccurrenceParams) -> None:
@@ -120,7 +140,7 @@ class CooccurrenceScorer(nn.Module):
         per = self.counts.lookup(last, cands) * w[:, :, None]  # (B, n, C)
         b, seq_len = hist_item.shape
         out = per.new_zeros(b, seq_len, cands.shape[1])
-        out[:, seq_len - per.shape[1]:] = per.flip(1)  # back to history order
+        out[:, seq_len - per.shape[1] :] = per.flip(1)  # back to history order
         return out.transpose(1, 2)
 
     def self_count(self, hist_item: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -178,13 +198,24 @@ class Cooccurrence(ScoringModel):
         return self.scorer.finish(self.scorer.raw_all(batch.hist_item))[:, 1:]
 
 
-def fit_cooccurrence(item: np.ndarray, user: np.ndarray, train_rows: np.ndarray,
-                     n_items: int, params: CooccurrenceParams) -> Cooccurrence:
-    keys, values = count_pairs(item.astype(np.int64) + 1, user, train_rows, n_items + 1,
-                               params.window, params.symmetric, params.pair_decay)
+def fit_cooccurrence(
+    item: np.ndarray,
+    user: np.ndarray,
+    train_rows: np.ndarray,
+    n_items: int,
+    params: CooccurrenceParams,
+) -> Cooccurrence:
+    keys, values = count_pairs(
+        item.astype(np.int64) + 1,
+        user,
+        train_rows,
+        n_items + 1,
+        params.window,
+        params.symmetric,
+        params.pair_decay,
+    )
     model = Cooccurrence(n_items, params)
-    model.scorer.set_counts(keys, values, training_popularity(item, train_rows, n_items),
-                            params)
+    model.scorer.set_counts(keys, values, training_popularity(item, train_rows, n_items), params)
     return model
 
 
@@ -197,8 +228,9 @@ GRID_FIT = {"window": (1, 3, 5, 10), "symmetric": (False, True), "pair_decay": (
 GRID_SCORE = {"last_n": (1, 5, 10, 20), "decay": (0.6, 0.7, 0.8), "alpha": (0.0, 0.25, 0.5)}
 
 
-def tuning_rows(user: np.ndarray, train_rows: np.ndarray, max_rows: int,
-                seed: int = 0) -> np.ndarray:
+def tuning_rows(
+    user: np.ndarray, train_rows: np.ndarray, max_rows: int, seed: int = 0
+) -> np.ndarray:
     """The training rows of a seeded random subset of users, about ``max_rows`` of them
     (all rows when there are no more than that)."""
     if len(train_rows) <= max_rows:
@@ -209,9 +241,15 @@ def tuning_rows(user: np.ndarray, train_rows: np.ndarray, max_rows: int,
     return train_rows[np.isin(user[train_rows], keep[:share])]
 
 
-def tune_cooccurrence(item: np.ndarray, user: np.ndarray, train_rows: np.ndarray,
-                      n_items: int, evaluate, log=None, max_rows: int = TUNE_MAX_ROWS
-                      ) -> tuple[Cooccurrence, list[dict]]:
+def tune_cooccurrence(
+    item: np.ndarray,
+    user: np.ndarray,
+    train_rows: np.ndarray,
+    n_items: int,
+    evaluate,
+    log=None,
+    max_rows: int = TUNE_MAX_ROWS,
+) -> tuple[Cooccurrence, list[dict]]:
     """Pick window, direction, last_n, decay and alpha by validation NDCG@10.
 
     ``evaluate(model) -> float`` scores a fitted model on the validation targets. The
@@ -227,8 +265,7 @@ def tune_cooccurrence(item: np.ndarray, user: np.ndarray, train_rows: np.ndarray
         t0 = time.perf_counter()
         model.scorer.set_params(params)
         score = evaluate(model)
-        trials.append({**asdict(params), "val_NDCG@10": score,
-                       "seconds": time.perf_counter() - t0})
+        trials.append({**asdict(params), "val_NDCG@10": score, "seconds": time.perf_counter() - t0})
         if log:
             log(f"cooccurrence {asdict(params)}: val NDCG@10 {score:.4f}")
         return score
@@ -246,16 +283,18 @@ def tune_cooccurrence(item: np.ndarray, user: np.ndarray, train_rows: np.ndarray
     for last_n, decay, alpha in itertools.product(*GRID_SCORE.values()):
         if last_n == 1 and decay != GRID_SCORE["decay"][0]:
             continue  # decay does not matter for one movie
-        params = CooccurrenceParams(best_params.window, best_params.symmetric,
-                                    best_params.pair_decay, last_n, decay, alpha)
+        params = CooccurrenceParams(
+            best_params.window, best_params.symmetric, best_params.pair_decay, last_n, decay, alpha
+        )
         s = trial(best_model, params)
         if s > best:
             best, best_params = s, params
     if len(train_rows) < len(all_rows):
         if log:
-            log(f"cooccurrence: tuned on {len(train_rows):,} of {len(all_rows):,} training "
-                "rows; fitting the best setting on all")
+            log(
+                f"cooccurrence: tuned on {len(train_rows):,} of {len(all_rows):,} training "
+                "rows; fitting the best setting on all"
+            )
         best_model = fit_cooccurrence(item, user, all_rows, n_items, best_params)
     best_model.scorer.set_params(best_params)
     return best_model, trials
-

@@ -41,7 +41,8 @@ def _check_size(n_items: int, max_items: int) -> None:
         raise ValueError(
             f"EASE keeps a dense {n_items + 1}^2 item-item matrix and inverts one; "
             f"{n_items} items exceed its limit of max_items={max_items}: restrict the "
-            f"catalogue to the top-{max_items} movies or raise max_items")
+            f"catalogue to the top-{max_items} movies or raise max_items"
+        )
 
 
 class EASE(ScoringModel):
@@ -69,8 +70,9 @@ class EASE(ScoringModel):
     def _distinct(hist_item: torch.Tensor) -> torch.Tensor:
         """History tokens with repeats (and padding) set to 0: x_u is binary."""
         h = hist_item
-        later = torch.triu(torch.ones(h.shape[1], h.shape[1], dtype=torch.bool,
-                                      device=h.device), diagonal=1)
+        later = torch.triu(
+            torch.ones(h.shape[1], h.shape[1], dtype=torch.bool, device=h.device), diagonal=1
+        )
         repeated = ((h[:, :, None] == h[:, None, :]) & later).any(2)  # seen again later
         return torch.where(repeated, 0, h)
 
@@ -84,15 +86,19 @@ class EASE(ScoringModel):
         h = self._distinct(batch.hist_item)
         b, n = h.shape
         rows = torch.arange(b, device=h.device).repeat_interleave(n)
-        x = torch.sparse_coo_tensor(torch.stack([rows, h.reshape(-1)]),
-                                    torch.ones(b * n, device=h.device), (b, self.size),
-                                    check_invariants=False)
+        x = torch.sparse_coo_tensor(
+            torch.stack([rows, h.reshape(-1)]),
+            torch.ones(b * n, device=h.device),
+            (b, self.size),
+            check_invariants=False,
+        )
         raw = torch.sparse.mm(x, self.B)  # padding and repeats land on the zero row 0
         return (raw + tie_break(self.popularity, self.popularity))[:, 1:]
 
 
-def item_gram(item: np.ndarray, user: np.ndarray, train_rows: np.ndarray,
-              n_items: int) -> torch.Tensor:
+def item_gram(
+    item: np.ndarray, user: np.ndarray, train_rows: np.ndarray, n_items: int
+) -> torch.Tensor:
     """``X^T X`` of the binary training matrix: (n_items, n_items) float64."""
     items, users, n_users = binary_pairs(item, user, train_rows)
     g = torch.zeros(n_items, n_items, dtype=torch.float64)
@@ -111,8 +117,14 @@ def ease_weights(gram: torch.Tensor, lam: float) -> torch.Tensor:
     return b
 
 
-def fit_ease(item: np.ndarray, user: np.ndarray, train_rows: np.ndarray, n_items: int,
-             lam: float = 500.0, max_items: int = MAX_ITEMS) -> EASE:
+def fit_ease(
+    item: np.ndarray,
+    user: np.ndarray,
+    train_rows: np.ndarray,
+    n_items: int,
+    lam: float = 500.0,
+    max_items: int = MAX_ITEMS,
+) -> EASE:
     _check_size(n_items, max_items)
     t0 = time.perf_counter()
     b = ease_weights(item_gram(item, user, train_rows, n_items), lam)
@@ -125,8 +137,15 @@ def fit_ease(item: np.ndarray, user: np.ndarray, train_rows: np.ndarray, n_items
 LAMBDAS = (50.0, 200.0, 500.0, 1000.0, 3000.0)
 
 
-def tune_ease(item: np.ndarray, user: np.ndarray, train_rows: np.ndarray, n_items: int,
-              evaluate, log=None, max_items: int = MAX_ITEMS) -> tuple[EASE, list[dict]]:
+def tune_ease(
+    item: np.ndarray,
+    user: np.ndarray,
+    train_rows: np.ndarray,
+    n_items: int,
+    evaluate,
+    log=None,
+    max_items: int = MAX_ITEMS,
+) -> tuple[EASE, list[dict]]:
     """Pick lambda by validation NDCG@10 (``evaluate(model) -> float``); ``X^T X`` is
     computed once. The returned model's ``fit_seconds`` covers X^T X and its own inverse;
     each trial records its ``fit_seconds`` (inverse) and ``seconds`` (evaluation)."""
@@ -145,8 +164,14 @@ def tune_ease(item: np.ndarray, user: np.ndarray, train_rows: np.ndarray, n_item
         fit_s = time.perf_counter() - t1
         t2 = time.perf_counter()
         score = evaluate(model)
-        trials.append({"lam": lam, "val_NDCG@10": score, "fit_seconds": fit_s,
-                       "seconds": time.perf_counter() - t2})
+        trials.append(
+            {
+                "lam": lam,
+                "val_NDCG@10": score,
+                "fit_seconds": fit_s,
+                "seconds": time.perf_counter() - t2,
+            }
+        )
         if log:
             log(f"ease lambda={lam:g}: val NDCG@10 {score:.4f} (fit {fit_s:.1f} s)")
         if score > best:

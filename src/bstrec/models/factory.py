@@ -55,10 +55,13 @@ def build_model(cfg: RunConfig, cat: CatalogFeatures) -> ScoringModel:
     raise ValueError(f"unknown model {m.name!r}; choose from {', '.join(MODELS)}")
 
 
-def fit_baseline(cfg: RunConfig, ds: Dataset, train_rows: np.ndarray,
-                 validate: Callable[[ScoringModel], float] | None = None,
-                 log: Callable[[str], None] | None = None
-                 ) -> tuple[ScoringModel, list[dict]]:
+def fit_baseline(
+    cfg: RunConfig,
+    ds: Dataset,
+    train_rows: np.ndarray,
+    validate: Callable[[ScoringModel], float] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> tuple[ScoringModel, list[dict]]:
     """Fit a closed-form baseline on ``train_rows``; ``validate(model)`` (validation
     NDCG@10) tunes the hyper-parameters of those that have some. Returns the model and
     the tuning grid's trials (empty for the untuned)."""
@@ -75,15 +78,21 @@ def fit_baseline(cfg: RunConfig, ds: Dataset, train_rows: np.ndarray,
     if m.name in RATING_BASELINES:
         if not ds.has_ratings:
             raise ValueError(f"{m.name} needs ratings; data set {ds.name} has none")
-        return RatingBaseline.fit(m.name, ds.user, ds.item, ds.rating, train_rows,
-                                  ds.n_users, ds.n_items), []
-    raise ValueError(f"{m.name} is not a closed-form baseline; those are "
-                     f"{', '.join(RANKING_BASELINES + RATING_BASELINES)}")
+        return RatingBaseline.fit(
+            m.name, ds.user, ds.item, ds.rating, train_rows, ds.n_users, ds.n_items
+        ), []
+    raise ValueError(
+        f"{m.name} is not a closed-form baseline; those are "
+        f"{', '.join(RANKING_BASELINES + RATING_BASELINES)}"
+    )
 
 
-def fit_wide(ds: Dataset, train_rows: np.ndarray,
-             validate: Callable[[ScoringModel], float] | None,
-             log: Callable[[str], None] | None = None) -> tuple[Cooccurrence, list[dict]]:
+def fit_wide(
+    ds: Dataset,
+    train_rows: np.ndarray,
+    validate: Callable[[ScoringModel], float] | None,
+    log: Callable[[str], None] | None = None,
+) -> tuple[Cooccurrence, list[dict]]:
     """The co-occurrence model tuned on validation (a baseline, and BST's wide input),
     with the grid's trials."""
     if validate is None:

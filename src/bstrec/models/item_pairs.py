@@ -19,12 +19,11 @@ from torch import nn
 DENSE_MAX_ITEMS = 6000  # a dense float32 copy of at most 144 MB
 
 
-def recent(hist_item: torch.Tensor, last_n: int, decay: float
-           ) -> tuple[torch.Tensor, torch.Tensor]:
+def recent(hist_item: torch.Tensor, last_n: int, decay: float) -> tuple[torch.Tensor, torch.Tensor]:
     """The last ``last_n`` history tokens (B, n), newest first, and weights decay**j
     (0 for padding)."""
     n = min(last_n, hist_item.shape[1])
-    last = hist_item[:, hist_item.shape[1] - n:].flip(1)
+    last = hist_item[:, hist_item.shape[1] - n :].flip(1)
     w = decay ** torch.arange(n, dtype=torch.float32, device=hist_item.device)
     return last, w[None, :] * (last > 0)
 
@@ -85,14 +84,12 @@ class ItemPairs(nn.Module):
         if dense is not None:
             return dense[last[:, :, None], cands[:, None, :]]
         if len(self.keys) == 0:
-            return torch.zeros(last.shape[0], last.shape[1], cands.shape[1],
-                               device=cands.device)
+            return torch.zeros(last.shape[0], last.shape[1], cands.shape[1], device=cands.device)
         q = last[:, :, None] * self.size + cands[:, None, :]  # (B, n, C)
         idx = torch.searchsorted(self.keys, q).clamp(max=len(self.keys) - 1)
         return torch.where(self.keys[idx] == q, self.values[idx], 0.0)
 
-    def weighted(self, last: torch.Tensor, w: torch.Tensor, cands: torch.Tensor
-                 ) -> torch.Tensor:
+    def weighted(self, last: torch.Tensor, w: torch.Tensor, cands: torch.Tensor) -> torch.Tensor:
         """sum_j w_j * M[last_j, c] for candidates ``cands`` (B, C): (B, C)."""
         return (self.lookup(last, cands) * w[:, :, None]).sum(1)
 
@@ -112,6 +109,5 @@ class ItemPairs(nn.Module):
         first = torch.repeat_interleave(start - (torch.cumsum(lens, 0) - lens), lens)
         pos = first + torch.arange(total, device=out.device)
         cols = self.keys[pos] - flat[seg] * self.size
-        out.index_put_((seg // n, cols), self.values[pos] * w.reshape(-1)[seg],
-                       accumulate=True)
+        out.index_put_((seg // n, cols), self.values[pos] * w.reshape(-1)[seg], accumulate=True)
         return out

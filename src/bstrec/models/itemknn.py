@@ -40,8 +40,9 @@ class ItemKNNParams:
     decay: float = 0.7
 
     def as_tensor(self) -> torch.Tensor:
-        return torch.tensor([self.neighbors, self.shrink, self.last_n, self.decay],
-                            dtype=torch.float64)
+        return torch.tensor(
+            [self.neighbors, self.shrink, self.last_n, self.decay], dtype=torch.float64
+        )
 
     @classmethod
     def from_tensor(cls, t: torch.Tensor) -> ItemKNNParams:
@@ -49,8 +50,9 @@ class ItemKNNParams:
         return cls(int(k), float(s), int(n), float(d))
 
 
-def binary_pairs(item: np.ndarray, user: np.ndarray, train_rows: np.ndarray
-                 ) -> tuple[np.ndarray, np.ndarray, int]:
+def binary_pairs(
+    item: np.ndarray, user: np.ndarray, train_rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, int]:
     """The distinct (item index, user) pairs of the training rows, sorted by item, with
     users renumbered 0..n_users-1 (only users with training rows)."""
     rows = np.asarray(train_rows, dtype=np.int64)
@@ -62,14 +64,18 @@ def binary_pairs(item: np.ndarray, user: np.ndarray, train_rows: np.ndarray
     return keys // len(users), keys % len(users), len(users)
 
 
-def gram_blocks(items: np.ndarray, users: np.ndarray, n_users: int, n_items: int,
-                block: int = 1024) -> Iterator[tuple[int, int, torch.Tensor]]:
+def gram_blocks(
+    items: np.ndarray, users: np.ndarray, n_users: int, n_items: int, block: int = 1024
+) -> Iterator[tuple[int, int, torch.Tensor]]:
     """``(lo, hi, G[:, lo:hi])`` for ``G = X^T X`` (float32 counts, n_items x (hi - lo))
     from the sorted binary pairs of ``binary_pairs``."""
     ptr = np.searchsorted(items, np.arange(n_items + 1))
     xt = torch.sparse_coo_tensor(
-        torch.from_numpy(np.stack([items, users])), torch.ones(len(items)),
-        (n_items, n_users), check_invariants=False).coalesce()
+        torch.from_numpy(np.stack([items, users])),
+        torch.ones(len(items)),
+        (n_items, n_users),
+        check_invariants=False,
+    ).coalesce()
     for lo in range(0, n_items, block):
         hi = min(lo + block, n_items)
         a, b = ptr[lo], ptr[hi]
@@ -78,9 +84,14 @@ def gram_blocks(items: np.ndarray, users: np.ndarray, n_users: int, n_items: int
         yield lo, hi, torch.sparse.mm(xt, dense)
 
 
-def top_similarities(item: np.ndarray, user: np.ndarray, train_rows: np.ndarray,
-                     n_items: int, shrinks: tuple[float, ...], k: int
-                     ) -> dict[float, tuple[torch.Tensor, torch.Tensor]]:
+def top_similarities(
+    item: np.ndarray,
+    user: np.ndarray,
+    train_rows: np.ndarray,
+    n_items: int,
+    shrinks: tuple[float, ...],
+    k: int,
+) -> dict[float, tuple[torch.Tensor, torch.Tensor]]:
     """For each shrink, every item's ``k`` most similar items: ``(idx, sim)``, both
     (n_items, k) over item indexes, most similar first; zero similarities included
     (``fit`` drops them). One pass over ``X^T X`` serves all shrinks."""
@@ -98,8 +109,13 @@ def top_similarities(item: np.ndarray, user: np.ndarray, train_rows: np.ndarray,
             vals, idx = torch.topk(sim, k, dim=0)  # (k, hi - lo): neighbours of lo..hi
             out[s][0].append(idx.T)
             out[s][1].append(vals.T)
-    return {s: (torch.cat(i) if i else torch.zeros(0, k, dtype=torch.long),
-                torch.cat(v) if v else torch.zeros(0, k)) for s, (i, v) in out.items()}
+    return {
+        s: (
+            torch.cat(i) if i else torch.zeros(0, k, dtype=torch.long),
+            torch.cat(v) if v else torch.zeros(0, k),
+        )
+        for s, (i, v) in out.items()
+    }
 
 
 class ItemKNN(ScoringModel):
@@ -119,8 +135,9 @@ class ItemKNN(ScoringModel):
             self._p = ItemKNNParams.from_tensor(self.params)
         return self._p
 
-    def set_neighbors(self, idx: torch.Tensor, sim: torch.Tensor, popularity: np.ndarray,
-                      params: ItemKNNParams) -> None:
+    def set_neighbors(
+        self, idx: torch.Tensor, sim: torch.Tensor, popularity: np.ndarray, params: ItemKNNParams
+    ) -> None:
         """Keep the first ``params.neighbors`` columns of ``top_similarities``' output."""
         idx, sim = idx[:, : params.neighbors], sim[:, : params.neighbors]
         rows = torch.arange(len(idx))[:, None].expand_as(idx)
@@ -128,8 +145,7 @@ class ItemKNN(ScoringModel):
         keys = (rows[keep] + 1) * self.sims.size + idx[keep] + 1  # item tokens
         order = torch.argsort(keys)
         self.sims.set(keys[order], sim[keep][order])
-        self.popularity = torch.from_numpy(popularity.astype(np.float32)).to(
-            self.popularity.device)
+        self.popularity = torch.from_numpy(popularity.astype(np.float32)).to(self.popularity.device)
         self.set_params(params)
 
     def set_params(self, params: ItemKNNParams) -> None:
@@ -152,11 +168,17 @@ class ItemKNN(ScoringModel):
         return (out + tie_break(self.popularity, self.popularity))[:, 1:]
 
 
-def fit_itemknn(item: np.ndarray, user: np.ndarray, train_rows: np.ndarray, n_items: int,
-                params: ItemKNNParams | None = None) -> ItemKNN:
+def fit_itemknn(
+    item: np.ndarray,
+    user: np.ndarray,
+    train_rows: np.ndarray,
+    n_items: int,
+    params: ItemKNNParams | None = None,
+) -> ItemKNN:
     params = params or ItemKNNParams()
-    (idx, sim), = top_similarities(item, user, train_rows, n_items, (params.shrink,),
-                                   params.neighbors).values()
+    ((idx, sim),) = top_similarities(
+        item, user, train_rows, n_items, (params.shrink,), params.neighbors
+    ).values()
     model = ItemKNN(n_items, params)
     model.set_neighbors(idx, sim, training_popularity(item, train_rows, n_items), params)
     return model
@@ -168,14 +190,16 @@ GRID_FIT = {"neighbors": (50, 200), "shrink": (0.0, 10.0)}
 GRID_SCORE = {"last_n": (1, 5, 20), "decay": (0.7, 1.0)}
 
 
-def tune_itemknn(item: np.ndarray, user: np.ndarray, train_rows: np.ndarray, n_items: int,
-                 evaluate, log=None) -> tuple[ItemKNN, list[dict]]:
+def tune_itemknn(
+    item: np.ndarray, user: np.ndarray, train_rows: np.ndarray, n_items: int, evaluate, log=None
+) -> tuple[ItemKNN, list[dict]]:
     """Pick neighbors, shrink, last_n and decay by validation NDCG@10 (``evaluate(model)
     -> float``), over the whole grid: one ``X^T X`` pass gives every shrink's top lists,
     fewer neighbours are a prefix of them, so the 20 trials cost one fit."""
     t0 = time.perf_counter()
-    tops = top_similarities(item, user, train_rows, n_items, GRID_FIT["shrink"],
-                            max(GRID_FIT["neighbors"]))
+    tops = top_similarities(
+        item, user, train_rows, n_items, GRID_FIT["shrink"], max(GRID_FIT["neighbors"])
+    )
     pop = training_popularity(item, train_rows, n_items)
     fit_seconds = time.perf_counter() - t0
     trials: list[dict] = []
@@ -191,8 +215,9 @@ def tune_itemknn(item: np.ndarray, user: np.ndarray, train_rows: np.ndarray, n_i
             t1 = time.perf_counter()
             model.set_params(params)
             score = evaluate(model)
-            trials.append({**asdict(params), "val_NDCG@10": score,
-                           "seconds": time.perf_counter() - t1})
+            trials.append(
+                {**asdict(params), "val_NDCG@10": score, "seconds": time.perf_counter() - t1}
+            )
             if log:
                 log(f"itemknn {asdict(params)}: val NDCG@10 {score:.4f}")
             if score > model_best:

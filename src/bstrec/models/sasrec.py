@@ -30,8 +30,9 @@ SAMPLED_CANDIDATES = 2048
 SAMPLED_POSITIONS = 2048
 
 
-def softmax_candidates(n_items: int, labels: torch.Tensor
-                       ) -> tuple[torch.Tensor | None, torch.Tensor]:
+def softmax_candidates(
+    n_items: int, labels: torch.Tensor
+) -> tuple[torch.Tensor | None, torch.Tensor]:
     """The softmax's candidates for item tokens ``labels`` (any shape): (None, labels - 1)
     for the whole catalogue, or (sorted tokens (C,), each label's column in them)."""
     if n_items <= FULL_SOFTMAX_MAX_ITEMS:
@@ -54,11 +55,16 @@ class SASRec(ScoringModel):
             self.item_emb.weight[0] = 0
         self.pos_emb = nn.Embedding(max_len, d)
         self.drop = nn.Dropout(cfg.dropout)
-        layer = nn.TransformerEncoderLayer(d, cfg.heads, cfg.ffn_mult * d, cfg.dropout,
-                                           activation="gelu", batch_first=True,
-                                           norm_first=True)
-        self.encoder = nn.TransformerEncoder(layer, max(cfg.blocks, 2),
-                                             enable_nested_tensor=False)
+        layer = nn.TransformerEncoderLayer(
+            d,
+            cfg.heads,
+            cfg.ffn_mult * d,
+            cfg.dropout,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+        )
+        self.encoder = nn.TransformerEncoder(layer, max(cfg.blocks, 2), enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d)
 
     def states(self, hist_item: torch.Tensor) -> torch.Tensor:
@@ -88,9 +94,13 @@ class SASRec(ScoringModel):
     def score_all(self, batch: Batch) -> torch.Tensor:
         return self.user_vector(batch) @ self.item_emb.weight[1:].T
 
-    def loss(self, batch: Batch, negatives: torch.Tensor | None = None,
-             loss: str = "sampled-softmax", neg_logq: torch.Tensor | None = None
-             ) -> torch.Tensor:
+    def loss(
+        self,
+        batch: Batch,
+        negatives: torch.Tensor | None = None,
+        loss: str = "sampled-softmax",
+        neg_logq: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Its own softmax over the catalogue at every position: sampled negatives and
         the loss kind are not used."""
         return self.loss_from_states(self.states(batch.hist_item), batch)

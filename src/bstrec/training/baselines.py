@@ -23,6 +23,7 @@ TUNE_SCORES = 12_000_000
 
 TUNE_MIN_USERS = 1000
 
+
 def val_ndcg(store: SequenceStore, split: Split, cfg: RunConfig, device="cpu"):
     """Validation NDCG@10 of a fitted baseline, scored on ``device``, on a fixed sample
     of at most ``train.val_users`` users, fewer on big catalogues (``TUNE_SCORES``)."""
@@ -30,23 +31,33 @@ def val_ndcg(store: SequenceStore, split: Split, cfg: RunConfig, device="cpu"):
     users = min(cfg.train.val_users, fits) if cfg.train.val_users else fits
 
     def score(model: ScoringModel) -> float:
-        return validate(model.to(device), store, split, cfg.data.max_len, device=device,
-                        now=cfg.data.now, max_users=users)["NDCG@10"]
+        return validate(
+            model.to(device),
+            store,
+            split,
+            cfg.data.max_len,
+            device=device,
+            now=cfg.data.now,
+            max_users=users,
+        )["NDCG@10"]
+
     return score
+
 
 def fit_baseline_run(cfg, ds, out, split, store, cat, ctx, log) -> TrainResult:
     t_start = time.perf_counter()
-    model, trials = fit_baseline(cfg, ds, split.train_rows(ds.user_offsets),
-                                 val_ndcg(store, split, cfg))
-    m = validate(model, store, split, cfg.data.max_len, now=cfg.data.now,
-                 max_users=cfg.train.val_users)
+    model, trials = fit_baseline(
+        cfg, ds, split.train_rows(ds.user_offsets), val_ndcg(store, split, cfg)
+    )
+    m = validate(
+        model, store, split, cfg.data.max_len, now=cfg.data.now, max_users=cfg.train.val_users
+    )
     rec = {"epoch": 0, "split": "val", **m, "train_seconds": time.perf_counter() - t_start}
     result = TrainResult(out, model, rec, [rec], rec["train_seconds"], ctx.rank)
     if ctx.is_main:
         append_jsonl(out / "metrics.jsonl", rec)
         if trials:  # the hyper-parameter grid, each tried on the validation targets
-            atomic_write_text(out / "tuning.jsonl",
-                              "".join(json.dumps(t) + "\n" for t in trials))
+            atomic_write_text(out / "tuning.jsonl", "".join(json.dumps(t) + "\n" for t in trials))
         save_model(out, model, cfg, cat)
         write_summary(out, cfg, ds, result)
     return result

@@ -14,12 +14,16 @@ from bstrec.training.state import TrainResult
 def describe(rec: dict, improved: bool) -> str:
     keys = ("NDCG@10", "HR@10") if "NDCG@10" in rec else ("RMSE", "MAE")
     vals = " ".join(f"{k} {rec[k]:.4f}" for k in keys)
-    return (f"epoch {rec['epoch']} step {rec['step']}: loss {rec['train_loss']:.4f} "
-            f"val {vals} ({rec['train_seconds']:.0f}s){' *' if improved else ''}")
+    return (
+        f"epoch {rec['epoch']} step {rec['step']}: loss {rec['train_loss']:.4f} "
+        f"val {vals} ({rec['train_seconds']:.0f}s){' *' if improved else ''}"
+    )
+
 
 def append_jsonl(path: Path, rec: dict) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(rec) + "\n")
+
 
 def write_summary(out: Path, cfg: RunConfig, ds: Dataset, result: TrainResult) -> None:
     summary = {
@@ -32,6 +36,7 @@ def write_summary(out: Path, cfg: RunConfig, ds: Dataset, result: TrainResult) -
         "evaluations": len(result.history),
     }
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+
 
 def plot_curves(out: Path, history: list[dict]) -> None:
     if not history:
@@ -53,6 +58,7 @@ def plot_curves(out: Path, history: list[dict]) -> None:
     tmp = out / ".curves.tmp.png"
     fig.savefig(tmp, dpi=80)
     tmp.replace(out / "curves.png")
+
 
 def progress_bar(enabled: bool, total: int, initial: int = 0):
     if not enabled:

@@ -41,6 +41,7 @@ class StepStats:
     nonfinite: bool  # some rank's loss was NaN or infinite; nothing was applied
     flag: float  # the callers' flags summed over ranks
 
+
 class _LossForward(nn.Module):
     """DDP synchronises gradients only for work done inside its forward(), so the loss
     (not the model's scoring forward) is what it must wrap."""
@@ -52,6 +53,7 @@ class _LossForward(nn.Module):
     def forward(self, *args, **kwargs):
         return self.model.loss(*args, **kwargs)
 
+
 class _ViaDDP:
     """What training_loss needs of a model (task, loss), routed through DDP."""
 
@@ -60,6 +62,7 @@ class _ViaDDP:
 
     def loss(self, *args, **kwargs):
         return self.ddp(*args, **kwargs)
+
 
 class _SharedNegatives:
     """Every rank draws the negatives of the whole global batch from its copy of one
@@ -82,21 +85,33 @@ class _SharedNegatives:
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
+
 def fit_rating_base(model, ds: Dataset, train_rows: np.ndarray) -> None:
     """The rating model's wide part: mean and movie biases of the training ratings."""
     from bstrec.models.baselines import RatingBaseline
 
-    base = RatingBaseline.fit("bias", ds.user, ds.item, ds.rating, train_rows, ds.n_users,
-                              ds.n_items)
+    base = RatingBaseline.fit(
+        "bias", ds.user, ds.item, ds.rating, train_rows, ds.n_users, ds.n_items
+    )
     with torch.no_grad():
         model.mean_rating.copy_(base.mean)
         model.item_bias.copy_(base.item_bias)
 
+
 class Trainer:
     """One rank's model, optimizer, negative sampler and share of each global batch."""
 
-    def __init__(self, cfg: RunConfig, ds: Dataset, store: SequenceStore, split: Split,
-                 ctx: DistContext, cat=None, fit_wide_part: bool = True, log=None):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        ds: Dataset,
+        store: SequenceStore,
+        split: Split,
+        ctx: DistContext,
+        cat=None,
+        fit_wide_part: bool = True,
+        log=None,
+    ):
         self.cfg, self.store, self.ctx, self.device = cfg.resolve(), store, ctx, ctx.device
         self.data_checksum = ds.checksum
         cat = cat if cat is not None else catalog_features(ds, store.user_feature_names)
@@ -110,8 +125,10 @@ class Trainer:
             wide, _ = fit_wide(ds, split.train_rows(ds.user_offsets), score)
             self.model.wide.load_state_dict(wide.scorer.state_dict())
             if log:
-                log(f"wide part: co-occurrence {wide.scorer.p} tuned on validation in "
-                    f"{time.perf_counter() - t0:.1f}s")
+                log(
+                    f"wide part: co-occurrence {wide.scorer.p} tuned on validation in "
+                    f"{time.perf_counter() - t0:.1f}s"
+                )
         if self.model.task == "rating" and cfg.model.wide != "none" and fit_wide_part:
             fit_rating_base(self.model, ds, split.train_rows(ds.user_offsets))
         self.setup_seconds = time.perf_counter() - t0
@@ -123,10 +140,10 @@ class Trainer:
         self.gen = torch.Generator().manual_seed(cfg.train.seed)
         counts = np.bincount(ds.item[split.train_rows(ds.user_offsets)], minlength=ds.n_items)
         self.sampler = _SharedNegatives(
-            NegativeSampler(cfg.train.sampler, ds.n_items, counts, self.gen))
+            NegativeSampler(cfg.train.sampler, ds.n_items, counts, self.gen)
+        )
         self.opt = make_optimizer(cfg, self.model)
-        self.shards = EpochShards(rows, cfg.train.batch_size, cfg.train.seed, ctx.rank,
-                                  ctx.world)
+        self.shards = EpochShards(rows, cfg.train.batch_size, cfg.train.seed, ctx.rank, ctx.world)
         self.scheduler = make_scheduler(cfg, self.opt, len(self.shards))
         self.best_state: dict | None = None
         self.bf16 = use_bf16(cfg.train.precision, self.device)
@@ -137,12 +154,16 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             # buffers (catalogue features) never change: no need to sync them each step
-            no_sync = ({"forward_sync_buffers": False}
-                       if "forward_sync_buffers" in inspect.signature(DDP).parameters
-                       else {"broadcast_buffers": False})
-            self.ddp = DDP(_LossForward(self.model), **no_sync,
-                           device_ids=[self.device.index] if self.device.type == "cuda"
-                           else None)
+            no_sync = (
+                {"forward_sync_buffers": False}
+                if "forward_sync_buffers" in inspect.signature(DDP).parameters
+                else {"broadcast_buffers": False}
+            )
+            self.ddp = DDP(
+                _LossForward(self.model),
+                **no_sync,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            )
             self.loss_model = _ViaDDP(self.ddp, self.model.task)
 
     def step(self, k: int, flag: float = 0.0) -> StepStats:
@@ -158,15 +179,20 @@ class Trainer:
             # every rank must take part in each all-reduce: a zero-weighted stand-in row
             part, mine, weight = slice(0, 1), rows[:1], 0.0
         self.sampler.select(n_global, part)
-        batch = self.store.batch_for_targets(mine, self.cfg.data.max_len,
-                                             now=self.cfg.data.now).to(self.device)
+        batch = self.store.batch_for_targets(mine, self.cfg.data.max_len, now=self.cfg.data.now).to(
+            self.device
+        )
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             loss = training_loss(self.loss_model, batch, self.cfg, self.sampler, self.device)
         finite = torch.isfinite(loss.detach())
         real = len(mine) if weight > 0 else 0
-        stats = torch.stack([torch.where(finite, loss.detach().double() * real, 0.0),
-                             (~finite).double(), torch.tensor(flag, dtype=torch.float64,
-                                                              device=loss.device)])
+        stats = torch.stack(
+            [
+                torch.where(finite, loss.detach().double() * real, 0.0),
+                (~finite).double(),
+                torch.tensor(flag, dtype=torch.float64, device=loss.device),
+            ]
+        )
         loss_sum, bad, flags = ctx.all_reduce_sum(stats).tolist()
         if bad > 0:  # every rank sees the sum, so all stop here together
             return StepStats(loss_sum, n_global, True, flags)
@@ -178,8 +204,9 @@ class Trainer:
         return StepStats(loss_sum, n_global, False, flags)
 
     def keep_best(self) -> None:
-        self.best_state = {k: v.detach().to("cpu", copy=True)
-                           for k, v in self.model.state_dict().items()}
+        self.best_state = {
+            k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()
+        }
 
     def save_best(self, out: Path) -> None:
         with torch.random.fork_rng(devices=[]):  # building draws initial weights
@@ -191,23 +218,28 @@ class Trainer:
         """Every rank must call this (it gathers their random states); rank 0 writes."""
         for name, p in self.model.named_parameters():
             if not torch.isfinite(p).all():
-                raise TrainingError(f"parameter {name} is no longer finite at step {st.step}; "
-                                    "no checkpoint written, the previous one is kept "
-                                    "(try a lower train.lr)")
+                raise TrainingError(
+                    f"parameter {name} is no longer finite at step {st.step}; "
+                    "no checkpoint written, the previous one is kept "
+                    "(try a lower train.lr)"
+                )
         rng = rng_states(self.ctx, self.gen)
         if not self.ctx.is_main:
             return
-        checkpoint.save(out, {
-            "model": to_cpu(self.model.state_dict()),
-            "optimizer": to_cpu(self.opt.state_dict()),
-            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
-            "best_model": self.best_state,
-            "rng": rng,
-            **st.to_dict(),
-            "world_size": self.ctx.world,
-            "data_checksum": self.data_checksum,
-            "config": self.cfg.to_dict(),
-        })
+        checkpoint.save(
+            out,
+            {
+                "model": to_cpu(self.model.state_dict()),
+                "optimizer": to_cpu(self.opt.state_dict()),
+                "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+                "best_model": self.best_state,
+                "rng": rng,
+                **st.to_dict(),
+                "world_size": self.ctx.world,
+                "data_checksum": self.data_checksum,
+                "config": self.cfg.to_dict(),
+            },
+        )
 
     def restore(self, ck: dict, log) -> LoopState:
         self.model.load_state_dict(ck["model"])
@@ -223,16 +255,21 @@ class Trainer:
             for group in self.opt.param_groups:
                 group["lr"] = self.cfg.train.lr * f
         self.best_state = ck.get("best_model")
-        restore_rng(self.ctx, self.gen, ck["rng"], int(ck.get("world_size", 1)),
-                     self.cfg.train.seed, log)
+        restore_rng(
+            self.ctx, self.gen, ck["rng"], int(ck.get("world_size", 1)), self.cfg.train.seed, log
+        )
         return LoopState.from_dict(ck)
+
 
 def use_bf16(precision: str, device: torch.device) -> bool:
     """Whether training steps run under bf16 autocast (weights and optimizer stay fp32)."""
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ValueError(f"train.precision=bf16: {torch.cuda.get_device_name(device)} "
-                         "has no bf16 support; use fp32")
+        raise ValueError(
+            f"train.precision=bf16: {torch.cuda.get_device_name(device)} "
+            "has no bf16 support; use fp32"
+        )
     return precision == "bf16"
+
 
 def make_scheduler(cfg: RunConfig, opt: torch.optim.Optimizer, steps_per_epoch: int):
     """Linear warm-up, then constant or cosine decay over the planned epochs."""
@@ -248,6 +285,7 @@ def make_scheduler(cfg: RunConfig, opt: torch.optim.Optimizer, steps_per_epoch: 
         return f
 
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
 
 def make_optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     t = cfg.train  # its allowed values are checked by RunConfig.resolve
