@@ -63,7 +63,7 @@ print(json.dumps({{"ratings": int(len(ds.item)), "users": ds.n_users, "movies": 
 TRAIN = (
     PEAK
     + """
-import json, re, time, torch
+import json, time, torch
 torch.set_num_threads(1)
 from bstrec import load_dataset
 from bstrec.config import RunConfig
@@ -76,11 +76,10 @@ t0 = time.perf_counter()
 r = train(cfg, ds, {out!r}, log=lines.append)
 last = r.history[-1]
 # training time includes fitting and tuning the wide part: the step rate excludes it
-setup = [float(m) for m in re.findall(r"tuned on validation in ([0-9.]+)s", " ".join(lines))]
-steps_s = last["train_seconds"] - sum(setup)
+steps_s = last["train_seconds"] - r.setup_seconds
 print(json.dumps({{"wall_s": time.perf_counter() - t0, "log": lines[:2],
     "steps": last["step"], "train_seconds": last["train_seconds"],
-    "wide_tuning_s": sum(setup), "step_seconds": steps_s,
+    "wide_tuning_s": r.setup_seconds, "step_seconds": steps_s,
     "targets_per_s": last["step"] * cfg.train.batch_size / steps_s if steps_s > 0 else None,
     "val_users": last["users"],
     "eval_10k_users_s": last["eval_seconds"], "val_NDCG@10": last["NDCG@10"],

@@ -107,6 +107,8 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path, dat
 
     # the uninterrupted run, in this process
     ref = train(_cfg(data), load_dataset(str(data)), tmp_path / "ref", log=lambda _m: None)
+    # fitting the wide part counts in the training time, and is reported apart
+    assert 0 < ref.setup_seconds < ref.history[0]["train_seconds"]
 
     run, marker = tmp_path / "run", tmp_path / "stalled"
     args = ["train", "--data", str(data), "--out", str(run), *_set_args()]
@@ -150,6 +152,7 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path, dat
     assert [h["step"] for h in history] == [8, 15, 16, 24, 30]
     summary = json.loads((run / "summary.json").read_text())
     assert _strip(summary["best_val"]) == _strip(ref.best)
+    assert summary["setup_seconds"] == 0  # fitted before the checkpoint, not again
     got, want = (
         load_file(run / "model.safetensors"),
         load_file(tmp_path / "ref" / "model.safetensors"),

@@ -108,7 +108,8 @@ def _train(
     loop = _Loop(cfg, out, log, ctx, tr, store, split, cat)
     st = loop.start(ck)
     loop.run(st)
-    result = TrainResult(out, tr.model, st.best, st.history, st.train_time, ctx.rank)
+    setup = tr.setup_seconds if ck is None else 0.0
+    result = TrainResult(out, tr.model, st.best, st.history, st.train_time, ctx.rank, setup)
     if ctx.is_main:
         write_summary(out, cfg, ds, result)
         plot_curves(out, st.history)

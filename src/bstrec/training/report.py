@@ -33,6 +33,7 @@ def write_summary(out: Path, cfg: RunConfig, ds: Dataset, result: TrainResult) -
         "data_checksum": ds.checksum,
         "best_val": result.best,
         "train_seconds": result.train_seconds,
+        "setup_seconds": result.setup_seconds,
         "evaluations": len(result.history),
     }
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))

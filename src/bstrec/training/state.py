@@ -47,6 +47,9 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     train_seconds: float = 0.0
     rank: int = 0  # under torchrun every rank returns; only rank 0 wrote the run folder
+    # of train_seconds, fitting and tuning the wide part before the first step (0 when
+    # resumed: it was fitted before the checkpoint)
+    setup_seconds: float = 0.0
 
 
 @dataclass
