@@ -59,7 +59,7 @@ class Query:
 class Ranked:
     """A query's top picks, best first, in a compact form (what the known-user cache
     holds): item indexes and scores, and per pick the item indexes (-1: none) and
-    attention weights of the watched movies that weighed most."""
+    weights (the model's ``explain``) of the watched movies that weighed most."""
 
     items: np.ndarray  # (n,) int32
     scores: np.ndarray  # (n,) float32
@@ -298,14 +298,14 @@ class Recommender:
         out = []
         for i in range(min(k, len(ranked.items))):
             because = tuple(
-                self._record(Reason, m, weight=round(w, 4))
+                self.record(Reason, m, weight=round(w, 4))
                 for m, w in zip(
                     ranked.reason_items[i].tolist(), ranked.reason_weights[i].tolist(), strict=True
                 )
                 if m >= 0
             )
             out.append(
-                self._record(
+                self.record(
                     Recommendation,
                     int(ranked.items[i]),
                     score=round(float(ranked.scores[i].item()), 4),
@@ -325,7 +325,7 @@ class Recommender:
         )
 
     def answer_history(self, query: Query, ranked: Ranked, k: int) -> Recommendations:
-        hist = [self._record(Watched, int(i)) for i in reversed(query.seen.tolist())]
+        hist = [self.record(Watched, int(i)) for i in reversed(query.seen.tolist())]
         return Recommendations(
             self.picks(ranked, k), user_id=None, history=hist, task=self.model.task
         )
@@ -334,7 +334,7 @@ class Recommender:
         """A known user's ``shown`` latest watches, newest first."""
         lo, hi = int(self.ds.user_offsets[u]), int(self.ds.user_offsets[u + 1])
         return [
-            self._record(
+            self.record(
                 Watched,
                 int(self.ds.item[r]),
                 rating=_rating(self.ds.rating[r]),
@@ -343,7 +343,7 @@ class Recommender:
             for r in range(hi - 1, max(lo, hi - shown) - 1, -1)
         ]
 
-    def _record(self, kind: type[M], idx: int, **more) -> M:
+    def record(self, kind: type[M], idx: int, **more) -> M:
         """A ``Movie`` subclass's record of movie ``idx``, with its own fields ``more``."""
         m = self.movie(idx)
         return kind(m.movie_id, m.title, m.year, m.genres, **more)

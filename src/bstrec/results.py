@@ -36,10 +36,16 @@ class Movie:
 
 @dataclass(frozen=True)
 class Reason(Movie):
-    """A watched movie that weighed in a recommendation; ``weight`` is its attention
-    weight (the share of the candidate's attention over the history, 0..1)."""
+    """A watched movie that drove a recommendation; ``weight`` (0..1) is its share of
+    the pick's co-occurrence count with the history (the pairs this watch formed with
+    the pick in the training data), or of the pick's attention where it has none."""
 
-    weight: float = field(metadata=_doc("share of the model's attention on this watch"))
+    weight: float = field(
+        metadata=_doc(
+            "this watch's share of the pick's co-occurrence count with the history, or of "
+            "the pick's attention over it where the pick co-occurs with none"
+        )
+    )
 
 
 @dataclass(frozen=True)

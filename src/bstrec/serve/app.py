@@ -221,13 +221,10 @@ class Service:
 
     # lookups never touch the model: they run on the request's own thread
     def movie(self, idx: int) -> MovieStats:
-        m = self.rec.movie(idx)
         mean = self.mean_rating[idx]
-        return MovieStats(
-            m.movie_id,
-            m.title,
-            m.year,
-            m.genres,
+        return self.rec.record(
+            MovieStats,
+            idx,
             n_ratings=int(self.n_ratings[idx]),
             mean_rating=None if np.isnan(mean) else round(float(mean), 3),
         )

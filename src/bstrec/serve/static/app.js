@@ -137,7 +137,7 @@ function renderRecommendations(res, who) {
     p.because.length
       ? el("p", { class: "because" }, "because you watched ",
         ...p.because.flatMap((b, i) => [i ? ", " : "",
-          el("em", { title: `attention ${b.weight}` }, b.title)]))
+          el("em", { title: `weight ${b.weight}: this watch's share of what drove the pick` }, b.title)]))
       : "")));
   $("score-note").textContent = scoreNote(res);
   $("score-note").hidden = !res.picks.length;
