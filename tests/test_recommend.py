@@ -164,3 +164,18 @@ def test_request_time_moves_the_answer_and_is_checked(run_dir):
     assert [p.score for p in later] != [p.score for p in rec.for_user(raw, k=5)]
     with pytest.raises(DataError, match="before this user's last watch"):
         rec.for_user(raw, k=5, now=rec.last_watch(2) - 1)
+
+
+def test_a_retrieving_query_encodes_its_history_once(run_dir, monkeypatch):
+    out, ds = run_dir
+    rec = Recommender(load_run(out), candidates=6)
+    expected = rec.for_history([int(ds.item_ids[i]) for i in (1, 4, 2)], k=4)
+    calls = []
+    real = rec.model.encode_history
+    monkeypatch.setattr(
+        rec.model, "encode_history", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    got = rec.for_history([int(ds.item_ids[i]) for i in (1, 4, 2)], k=4)
+    assert got.to_dict() == expected.to_dict()
+    # retrieval, the head's ranking and the reasons read one encoding of the history
+    assert len(calls) == 1

@@ -225,15 +225,17 @@ class Recommender:
         """
         out = []
         for q in queries:
+            side = None
             if self.candidates:
                 seen = torch.zeros(1, self.ds.n_items, dtype=torch.bool)
                 seen[0, torch.as_tensor(q.seen, dtype=torch.long)] = True
+                side = self.model.user_side(q.batch)  # shared by retrieval, ranking, reasons
                 scores = retrieve_then_rank(
-                    self.model, q.batch, max(self.candidates, q.depth), seen
+                    self.model, q.batch, max(self.candidates, q.depth), seen, side
                 )[0][0]
             else:
                 scores = self.model.score_all(q.batch)[0]
-            ranked = self._explain(q.batch, *self._top(scores, q.seen, q.depth))
+            ranked = self._explain(q.batch, *self._top(scores, q.seen, q.depth), side)
             if q.keep and q.user is not None:
                 self._kept[q.user] = ranked  # one dict store: safe for readers
             out.append(ranked)
@@ -246,12 +248,15 @@ class Recommender:
         top = torch.topk(scores, k)
         return top.indices, top.values
 
-    def _explain(self, batch: Batch, indices: torch.Tensor, values: torch.Tensor) -> Ranked:
+    def _explain(
+        self, batch: Batch, indices: torch.Tensor, values: torch.Tensor, side=None
+    ) -> Ranked:
         """The ``explain_top`` watched movies that weighed most for each pick."""
         n, e = len(indices), self.explain_top
         reason_items = np.full((n, e), -1, dtype=np.int32)
         reason_weights = np.zeros((n, e), dtype=np.float32)
-        weights = self.model.explain(batch, indices + 1) if n else None  # (1, n, L) | None
+        shared = {} if side is None else {"side": side}
+        weights = self.model.explain(batch, indices + 1, **shared) if n else None  # (1, n, L)
         if weights is not None:
             top_w, top_pos = weights[0].topk(min(e, weights.shape[-1]), dim=-1)  # (n, e')
             tok = batch.hist_item[0][top_pos]

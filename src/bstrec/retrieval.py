@@ -9,6 +9,8 @@ tied with each other (../shared/PROTOCOL.md, Large data): a missed target ranks 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from bstrec.data.batches import Batch
@@ -38,23 +40,31 @@ def retrieval_size(model: ScoringModel, candidates: int | None) -> int:
 
 @torch.no_grad()
 def retrieve_then_rank(
-    model: ScoringModel, batch: Batch, m: int, seen: torch.Tensor | None = None
+    model: ScoringModel,
+    batch: Batch,
+    m: int,
+    seen: torch.Tensor | None = None,
+    side: Any | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Full-catalogue scores (B, n_items) where only the retrieved ``m`` are the model's
     own; every other movie gets the lowest finite score. ``seen`` (B, n_items) bool: movies
-    never to retrieve (the input history). Also returns the retrieved item indexes (B, m).
+    never to retrieve (the input history). ``side``: the model's ``user_side(batch)``,
+    if the caller has it already. Also returns the retrieved item indexes (B, m).
     """
-    cheap = model.retrieval_scores(batch) if model.retrieves else None
-    if cheap is None:
+    if not model.retrieves:
         raise ValueError(
             f"{type(model).__name__} has no retrieval stage; it ranks the "
             "whole catalogue (use candidates=0)"
         )
+    if side is None:
+        side = model.user_side(batch)  # both stages read the same history encoding
+    shared = {} if side is None else {"side": side}
+    cheap = model.retrieval_scores(batch, **shared)
     if seen is not None:
         cheap = cheap.masked_fill(seen, float("-inf"))
     m = min(m, cheap.shape[1])
     picked = cheap.topk(m, dim=1).indices  # (B, m) item indexes
-    own = model.score(batch, picked + 1).float()  # (B, m)
+    own = model.score(batch, picked + 1, **shared).float()  # (B, m)
     low = torch.finfo(own.dtype).min
     scores = torch.full(cheap.shape, low, device=own.device)
     # a returned movie's own score may itself be very low: keep it above the rest

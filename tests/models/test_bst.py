@@ -274,3 +274,39 @@ def test_explanations_follow_the_candidate():
     # without pair evidence the candidate's own attention row speaks
     att = model.attention(batch, cands)
     torch.testing.assert_close(weights[~with_pairs], att[~with_pairs])
+
+
+def test_explain_skips_the_attention_pass_only_when_no_candidate_needs_it(monkeypatch):
+    model, batch, ds = _with_fitted_wide()
+    cands = torch.arange(1, ds.n_items + 1)
+    per = batch.hist_item.shape[0], ds.n_items
+    has_pairs = model.wide.contributions(batch.hist_item, cands[None].expand(*per)).sum(-1) > 0
+    b = int(has_pairs.sum(1).argmax())  # the row with the most co-occurring candidates
+    row = batch.index(torch.tensor([b]))
+    paired = cands[has_pairs[b]][None]  # (1, C) every candidate has pairs
+    expected = model.explain(row, paired)
+    calls = []
+    real = model.attention
+    monkeypatch.setattr(model, "attention", lambda *a, **k: calls.append(1) or real(*a, **k))
+    torch.testing.assert_close(model.explain(row, paired), expected)
+    assert calls == []
+    mixed = cands[None]  # some candidates without pairs: their attention rows are needed
+    assert (~has_pairs[b]).any()
+    model.explain(row, mixed)
+    assert calls == [1]
+
+
+def test_a_shared_user_side_gives_the_same_scores_and_reasons():
+    from bstrec.retrieval import retrieve_then_rank
+
+    model, batch, ds = _with_fitted_wide()
+    model.freeze_catalog()
+    side = model.user_side(batch)
+    cands = torch.arange(1, ds.n_items + 1)
+    assert torch.equal(model.score(batch, cands, side=side), model.score(batch, cands))
+    assert torch.equal(model.retrieval_scores(batch, side), model.retrieval_scores(batch))
+    assert torch.equal(model.explain(batch, cands, side), model.explain(batch, cands))
+    with_side = retrieve_then_rank(model, batch, 7, side=side)
+    without = retrieve_then_rank(model, batch, 7)
+    for a, b in zip(with_side, without, strict=True):
+        assert torch.equal(a, b)

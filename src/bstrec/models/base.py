@@ -8,6 +8,8 @@ is item index ``j`` (item token ``j + 1``).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -45,13 +47,22 @@ class ScoringModel(nn.Module):
         """Whether ``retrieval_scores`` gives a cheap stage for retrieve-then-rank."""
         return False
 
-    def retrieval_scores(self, batch: Batch) -> torch.Tensor | None:
+    def user_side(self, batch: Batch) -> Any | None:
+        """The candidate-independent part of scoring ``batch``, for a caller that makes
+        several calls about one batch (retrieve, rank, explain) to compute once and pass
+        as ``side=`` to ``score``, ``retrieval_scores`` and ``explain``. None: nothing to
+        share (and ``side`` is then never passed)."""
+        return None
+
+    def retrieval_scores(self, batch: Batch, side: Any | None = None) -> torch.Tensor | None:
         """A cheap score of the whole catalogue (B, n_items) for a retrieval stage, whose
         top candidates ``score`` then ranks (``bstrec.retrieval``); None: the model is
         cheap enough to rank everything itself."""
         return None
 
-    def explain(self, batch: Batch, candidates: torch.Tensor) -> torch.Tensor | None:
+    def explain(
+        self, batch: Batch, candidates: torch.Tensor, side: Any | None = None
+    ) -> torch.Tensor | None:
         """How much each history position weighed in each candidate's score: (B, C, L).
 
         None for models without a notion of it.

@@ -395,7 +395,7 @@ class BST(ScoringModel):
     def retrieves(self) -> bool:
         return self.task == "ranking" and (self.tower is not None or self.wide is not None)
 
-    def retrieval_scores(self, batch: Batch) -> torch.Tensor | None:
+    def retrieval_scores(self, batch: Batch, side: UserSide | None = None) -> torch.Tensor | None:
         """The cheap parts of the score for every movie: the SASRec tower's dot product
         (an embedding nearest-neighbour search) plus the weighted co-occurrence with the
         recent history (item-to-item neighbours). The head then ranks the top few."""
@@ -403,7 +403,7 @@ class BST(ScoringModel):
             return None
         scores = torch.zeros(batch.hist_item.shape[0], self.n_items, device=batch.hist_item.device)
         if self.tower is not None:
-            scores = scores + self.dot_term(self.user_side(batch), None)
+            scores = scores + self.dot_term(side or self.user_side(batch), None)
         if self.wide is not None:
             scores = scores + self.wide_weight * self.wide_feature(batch, None)
         return scores
@@ -427,15 +427,16 @@ class BST(ScoringModel):
         scores, _ = self._score(batch, candidates, want_attention=False, own=own, side=side)
         return scores
 
-    def explain(self, batch: Batch, candidates: torch.Tensor) -> torch.Tensor:
+    def explain(
+        self, batch: Batch, candidates: torch.Tensor, side: UserSide | None = None
+    ) -> torch.Tensor:
         """(B, C, L) per candidate, how much each watch drove it: its share of the
         candidate's co-occurrence count (the pairs the watch formed with that very movie
         in the training data) where the candidate has any, else the candidate's own
         attention row. Attention alone hardly depends on the candidate: one user's ten
         picks all cited the same three films (issue 9)."""
-        att = self.attention(batch, candidates)
         if self.wide is None:
-            return att
+            return self.attention(batch, candidates, side)
         cands = (
             candidates
             if candidates.dim() == 2
@@ -443,12 +444,17 @@ class BST(ScoringModel):
         )
         pairs = self.wide.contributions(batch.hist_item, cands)  # (B, C, L)
         total = pairs.sum(-1, keepdim=True)
-        return torch.where(total > 0, pairs / total.clamp_min(1e-12), att)
+        shares = pairs / total.clamp_min(1e-12)
+        if bool((total > 0).all()):
+            return shares  # the usual case in serving: the attention pass is not needed
+        return torch.where(total > 0, shares, self.attention(batch, candidates, side))
 
-    def attention(self, batch: Batch, candidates: torch.Tensor) -> torch.Tensor:
+    def attention(
+        self, batch: Batch, candidates: torch.Tensor, side: UserSide | None = None
+    ) -> torch.Tensor:
         """(B, C, L) each candidate's attention over the history in the first block,
         averaged over heads (the explanation of rounds before issue 9)."""
-        return self._score(batch, candidates, want_attention=True)[1]
+        return self._score(batch, candidates, want_attention=True, side=side)[1]
 
     def _score(
         self,
