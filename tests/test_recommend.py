@@ -179,3 +179,15 @@ def test_a_retrieving_query_encodes_its_history_once(run_dir, monkeypatch):
     assert got.to_dict() == expected.to_dict()
     # retrieval, the head's ranking and the reasons read one encoding of the history
     assert len(calls) == 1
+
+
+def test_recommendations_retrieve_above_the_serving_threshold(run_dir, monkeypatch):
+    import bstrec.recommend as recommend_module
+    from bstrec.retrieval import DEFAULT_CANDIDATES
+
+    out, ds = run_dir
+    run = load_run(out)
+    assert Recommender(run).candidates == 0  # a tiny catalogue: ranked whole
+    monkeypatch.setattr(recommend_module, "SERVE_MIN_ITEMS", ds.n_items - 1)
+    assert Recommender(run).candidates == DEFAULT_CANDIDATES
+    assert Recommender(run, candidates=0).candidates == 0

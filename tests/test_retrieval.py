@@ -9,7 +9,13 @@ from bstrec.data.batches import SequenceStore
 from bstrec.data.splits import leave_one_out
 from bstrec.evaluate import evaluate_ranking, target_ranks
 from bstrec.models.baselines import Popularity
-from bstrec.retrieval import AUTO_MIN_ITEMS, retrieval_size, retrieve_then_rank
+from bstrec.retrieval import (
+    AUTO_MIN_ITEMS,
+    DEFAULT_CANDIDATES,
+    SERVE_MIN_ITEMS,
+    retrieval_size,
+    retrieve_then_rank,
+)
 from tests.models.test_bst import make
 
 
@@ -71,6 +77,10 @@ def test_retrieval_is_on_by_default_only_for_big_catalogues():
         retrieval_size(model, -1)
     pop = Popularity(AUTO_MIN_ITEMS + 1)  # cheap itself: ranks everything
     assert retrieval_size(pop, None) == 0
+    model.n_items = SERVE_MIN_ITEMS + 1  # recommendations retrieve from a smaller size
+    assert retrieval_size(model, None) == 0
+    assert retrieval_size(model, None, SERVE_MIN_ITEMS) == DEFAULT_CANDIDATES
+    assert retrieval_size(model, 0, SERVE_MIN_ITEMS) == 0
 
 
 def test_a_model_without_a_cheap_stage_says_so():

@@ -23,7 +23,7 @@ import torch
 from bstrec.data.batches import Batch, SequenceStore, history_batch
 from bstrec.data.interactions import DataError
 from bstrec.results import Movie, Reason, Recommendation, Recommendations, Watched
-from bstrec.retrieval import retrieval_size, retrieve_then_rank
+from bstrec.retrieval import SERVE_MIN_ITEMS, retrieval_size, retrieve_then_rank
 from bstrec.run_dir import LoadedRun
 from bstrec.values import iso_time, plain, plain_id
 
@@ -91,13 +91,13 @@ class Recommender:
         candidates: int | None = None,
     ):
         """``candidates``: retrieve-then-rank with that many candidates per request (0:
-        score the whole catalogue; None: ``retrieval.retrieval_size``'s default, on
-        above 5,000 movies)."""
+        score the whole catalogue; None: 200 above ``retrieval.SERVE_MIN_ITEMS``, 2,000
+        movies, where the model has a cheap stage)."""
         if keep_top < 1:
             raise ValueError(f"keep_top must be at least 1, not {keep_top}")
         self.run = run
         self.model = run.model.eval()
-        self.candidates = retrieval_size(self.model, candidates)
+        self.candidates = retrieval_size(self.model, candidates, SERVE_MIN_ITEMS)
         if hasattr(self.model, "freeze_catalog"):
             self.model.freeze_catalog()  # the candidate side is the same for every request
         ds = run.dataset

@@ -50,7 +50,7 @@ def serve(
         "--candidates",
         min=0,
         help="retrieve this many movies per request with the model's cheap stage and rank "
-        "only those (0: the whole catalogue; default: 200 above 5,000 movies, else 0)",
+        "only those (0: the whole catalogue; default: 200 above 2,000 movies, else 0)",
     ),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level"),
     precompute: bool = typer.Option(
