@@ -210,3 +210,14 @@ def test_fit_without_out_trains_into_a_temporary_folder(ds, tmp_path, monkeypatc
     assert run.path.parent == tmp_path and run.path.name.startswith("bstrec-run-")
     assert (run.path / "model.safetensors").is_file()
     assert run.recommend(user=1, k=3)
+
+
+def test_recommend_can_retrieve_and_says_so_when_asked_wrongly(run, ds):
+    hist = [int(x) for x in ds.item_ids[:4]]
+    full = run.recommend(history=hist, k=5, candidates=0)
+    # retrieving every movie leaves the head's ranking as it is; 3 candidates still
+    # rank k (the stage retrieves at least k)
+    assert run.recommend(history=hist, k=5, candidates=ds.n_items).to_dict() == full.to_dict()
+    assert len(run.recommend(history=hist, k=5, candidates=3)) == 5
+    with pytest.raises(ArgumentError, match="candidates must be a whole number >= 0"):
+        run.recommend(history=hist, candidates=-1)

@@ -3,6 +3,8 @@ errors, each one `error:` line on stderr without a traceback; no half-made run f
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from typer.testing import CliRunner
 
@@ -55,6 +57,7 @@ def data(tmp_path):
         (["--user", "1", "--bogus"], ["--bogus"]),
         ([], ["exactly one of --user or --history"]),
         (["--user", "1", "--history", "10"], ["exactly one of --user or --history"]),
+        (["--user", "1", "--candidates", "-1"], ["--candidates"]),
     ],
 )
 def test_recommend_option_errors_exit_2(run_dir, args, parts):
@@ -81,6 +84,18 @@ def test_a_well_formed_list_of_unknown_ids_is_a_data_error(run_dir):
     )
     r = invoke("recommend", run_dir, "--history", " 10 ,11", "--json")
     assert r.exit_code == 0, r.output
+
+
+def test_recommend_retrieves_only_with_a_model_that_can(run_dir):
+    def picks(*more):
+        r = invoke("recommend", run_dir, "--history", "10,11", "-k", "4", "--json", *more)
+        assert r.exit_code == 0, r.output
+        return [p["movie_id"] for p in json.loads(r.output)["picks"]]
+
+    assert picks("--candidates", "0") == picks()
+    # this run is a popularity model: it has no cheap stage to retrieve with
+    r = invoke("recommend", run_dir, "--history", "10,11", "--candidates", "5")
+    assert_error(r, 1, "candidates=5", "Popularity has no retrieval stage")
 
 
 def test_train_unknown_model_lists_the_names_before_reading_data(tmp_path):

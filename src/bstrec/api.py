@@ -270,10 +270,7 @@ class Run:
             raise ArgumentError(
                 f"users must be a whole number >= 0 (0 or None: all), not {users!r}"
             )
-        if candidates is not None and (
-            isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 0
-        ):
-            raise ArgumentError(f"candidates must be a whole number >= 0, not {candidates!r}")
+        _check_candidates(candidates)
         return evaluate_run(
             self.loaded,
             split,
@@ -302,15 +299,19 @@ class Run:
         history: Iterable | None = None,
         k: int = 10,
         user_features: Mapping[str, str] | None = None,
+        candidates: int | None = None,
     ) -> Recommendations:
         """The top ``k`` movies the user has not watched, best first, each with the
         watched movies that drove it.
 
         user: a raw user id of the data set; or history: raw movie ids, oldest first
         (anyone's, e.g. ``[1193, 661, 914]``), with optional ``user_features``
-        (``{"gender": "F", "age": "25"}``). DataError for unknown ids.
+        (``{"gender": "F", "age": "25"}``). DataError for unknown ids. candidates: how
+        many movies the cheap stage retrieves for the model to rank (0: the whole
+        catalogue; None: 200 above 2,000 movies, else 0).
         """
-        rec = self.recommender()
+        _check_candidates(candidates)
+        rec = self.recommender() if candidates is None else self.recommender(candidates=candidates)
         _check_k(k)
         if _who(user, history) == "user":
             if user_features is not None:
@@ -423,6 +424,13 @@ def _who(user, history) -> str:
     if (user is None) == (history is None):
         raise ArgumentError("give exactly one of user= or history=")
     return "user" if user is not None else "history"
+
+
+def _check_candidates(candidates) -> None:
+    if candidates is not None and (
+        isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 0
+    ):
+        raise ArgumentError(f"candidates must be a whole number >= 0, not {candidates!r}")
 
 
 def _check_k(k) -> None:

@@ -98,6 +98,11 @@ class Recommender:
         self.run = run
         self.model = run.model.eval()
         self.candidates = retrieval_size(self.model, candidates, SERVE_MIN_ITEMS)
+        if self.candidates and not self.model.retrieves:  # say so now, not per request
+            raise ValueError(
+                f"candidates={self.candidates}: {type(self.model).__name__} has no retrieval "
+                "stage; it ranks the whole catalogue (use candidates=0)"
+            )
         if hasattr(self.model, "freeze_catalog"):
             self.model.freeze_catalog()  # the candidate side is the same for every request
         ds = run.dataset

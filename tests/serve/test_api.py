@@ -23,6 +23,21 @@ def test_health_names_model_and_sizes(client):
     assert h["status"] == "ok" and h["model"] == "bst" and h["task"] == "ranking"
     assert h["data_set"] == "tiny" and h["n_users"] == 40 and h["n_movies"] == 40
     assert h["user_features"] == {"age": ["0", "1", "2"], "gender": ["F", "M"]}
+    assert h["candidates"] == 0  # 40 movies: the head ranks them all
+
+
+def test_health_says_how_many_candidates_a_retrieving_server_ranks(tiny_run):
+    from fastapi.testclient import TestClient
+
+    from bstrec.recommend import Recommender
+    from bstrec.run_dir import load_run
+    from bstrec.serve.app import create_app
+
+    with TestClient(create_app(Recommender(load_run(tiny_run), candidates=7))) as c:
+        assert c.get("/health").json()["candidates"] == 7
+        r = c.post("/recommendations", json={"history": [20, 21, 22], "k": 9})
+        assert r.status_code == 200, r.text
+        assert len(r.json()["picks"]) == 9  # the stage retrieves at least k
 
 
 def test_page_and_static_files_are_served(client):

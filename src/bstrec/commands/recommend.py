@@ -22,6 +22,13 @@ def recommend(
         None, "--history", help="Raw movie ids, comma-separated, newest last"
     ),
     k: int = typer.Option(10, "-k", "--k", min=1, max=1000, help="How many movies"),
+    candidates: int = typer.Option(
+        None,
+        "--candidates",
+        min=0,
+        help="retrieve this many movies with the model's cheap stage and rank only those "
+        "(0: the whole catalogue; default: 200 above 2,000 movies, else 0)",
+    ),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output"),
 ) -> None:
     """Recommend unseen movies, each with the watched movies that drove it."""
@@ -33,11 +40,11 @@ def recommend(
         ids = None if history is None else parse_id_list(history, "--history")
         run = load_run(run_dir)
         if ids is None:
-            out = run.recommend(user=user, k=k)
+            out = run.recommend(user=user, k=k, candidates=candidates)
         else:
             if run.dataset.item_ids.dtype.kind in "iu":  # the data set's movie ids are numbers
                 check_whole_numbers(ids, "--history")
-            out = run.recommend(history=ids, k=k)
+            out = run.recommend(history=ids, k=k, candidates=candidates)
     if json_out:
         emit_json(out.to_dict())
         return

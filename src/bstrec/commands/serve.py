@@ -88,6 +88,11 @@ def serve(
         say(
             f"loaded {run_dir} in {time.perf_counter() - t0:.1f} s: {rec.ds.n_users:,} users, "
             f"{rec.ds.n_items:,} movies"
+            + (
+                f"; the model ranks the top {rec.candidates} its cheap stage retrieves"
+                if rec.candidates
+                else ""
+            )
         )
         # the server answers from here on; known users are ranked in the background
         settings = WorkerSettings(

@@ -127,6 +127,10 @@ class Health(BaseModel):
     n_movies: int
     max_len: int = Field(description="history positions the model reads (newest)")
     max_history: int = Field(description="longest history accepted by POST /recommendations")
+    candidates: int = Field(
+        description="movies the model's cheap stage retrieves for the head to rank, per "
+        "request (0: the head ranks the whole catalogue)"
+    )
     user_features: dict[str, list[str]] = Field(
         description="optional demographics for POST /recommendations, with their values"
     )
@@ -329,6 +333,7 @@ class Service:
             "n_movies": ds.n_items,
             "max_len": self.rec.max_len,
             "max_history": MAX_HISTORY,
+            "candidates": self.rec.candidates,
             "user_features": {n: list(ds.user_vocab[n][1:]) for n in run.user_feature_names},
             "user_feature_choices": [
                 {
