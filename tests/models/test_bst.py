@@ -310,3 +310,21 @@ def test_a_shared_user_side_gives_the_same_scores_and_reasons():
     without = retrieve_then_rank(model, batch, 7)
     for a, b in zip(with_side, without, strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("per_user", [False, True])
+def test_a_frozen_catalogue_scores_candidates_from_its_cache(monkeypatch, per_user):
+    model, batch, ds = _with_fitted_wide()
+    g = torch.Generator().manual_seed(0)
+    if per_user:  # (B, C): each user's own candidates, as retrieve-then-rank asks
+        cands = torch.stack([torch.randperm(ds.n_items, generator=g)[:9] for _ in batch.user]) + 1
+    else:
+        cands = torch.randperm(ds.n_items, generator=g)[:9] + 1
+    plain = model.score(batch, cands)
+    model.freeze_catalog()
+
+    def recomputed(*_a, **_k):
+        raise AssertionError("the candidates' tokens were computed again")
+
+    monkeypatch.setattr(model, "target_tokens", recomputed)
+    torch.testing.assert_close(model.score(batch, cands), plain, rtol=1e-5, atol=1e-5)

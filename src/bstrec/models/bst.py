@@ -122,6 +122,19 @@ class CatalogCache:
             self.v[:, :, start:end],
         )
 
+    def take(self, candidates: torch.Tensor) -> CatalogCache:
+        """The rows of item tokens ``candidates``: (C,) shared, or (B, C) per user (the
+        retrieved candidates of a retrieve-then-rank pass); q, k, v then (B, H, C, dh)."""
+        idx = candidates - 1
+        if candidates.dim() == 1:
+            return CatalogCache(
+                self.tokens[idx], self.q[:, :, idx], self.k[:, :, idx], self.v[:, :, idx]
+            )
+        return CatalogCache(
+            self.tokens[idx],  # (B, C, D)
+            *(z[0][:, idx].transpose(0, 1) for z in (self.q, self.k, self.v)),
+        )
+
 
 class Block(nn.Module):
     """Post-LN transformer block as in the paper: LN(S + MH(S)), LN(S' + FFN(S'))."""
@@ -466,7 +479,12 @@ class BST(ScoringModel):
     ):
         if self.cfg.output == "concat":
             return self.score_plain(batch, candidates, want_attention, own=own)
-        return self.score_cached(batch, candidates, want_attention, own=own, side=side)
+        # inference with a frozen catalogue: the candidates' side is looked up, not redone
+        cache = None if self.training or self.catalog_cache is None else self.catalog_cache
+        frozen = cache.take(candidates) if cache is not None else None
+        return self.score_cached(
+            batch, candidates, want_attention, frozen=frozen, own=own, side=side
+        )
 
     def user_side(self, batch: Batch) -> UserSide:
         """Everything of a batch that does not depend on the candidates."""
