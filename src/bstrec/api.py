@@ -381,11 +381,16 @@ class Run:
                     )
             contributions.sort(key=lambda c: (-c.weight, c.watches_ago))
         info = rec.movie(item)
-        method = (
-            "attention of the movie over the history (first block, mean over heads)"
-            if weights is not None
-            else ""
-        )
+        attention = "the movie's attention over the history (first block, mean over heads)"
+        if weights is None:
+            method = ""
+        elif getattr(rec.model, "wide", None) is not None:  # BST.explain's rule
+            method = (
+                "each watch's share of the pairs it formed with the movie in the training "
+                f"data (co-occurrence); where there are none, {attention}"
+            )
+        else:
+            method = attention
         return Explanation(
             info.movie_id,
             info.title,
