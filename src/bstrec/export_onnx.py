@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from bstrec.atomic import atomic_write_text
-from bstrec.data.batches import GAP_BUCKETS, Batch, SequenceStore, gap_bucket, history_batch
+from bstrec.data.batches import Batch, SequenceStore, gap_thresholds, history_batch
 from bstrec.models.item_pairs import DENSE_MAX_ITEMS, ItemPairs
 from bstrec.run_dir import LoadedRun
 from bstrec.values import plain
@@ -66,24 +66,6 @@ class OnnxExport:
     parity_rows: int
     export_seconds: float
     size_bytes: int
-
-
-def gap_thresholds() -> list[int]:
-    """Seconds at which each gap token starts: a gap ``g`` >= 0 has token
-    ``1 + #{t in thresholds: g >= t}`` (0 is padding). The smallest ``g`` with
-    ``gap_bucket(g) >= b`` for b = 2..GAP_BUCKETS-1, by binary search on the
-    training code's own function, so the two agree by construction."""
-    out = []
-    for b in range(2, GAP_BUCKETS):
-        lo, hi = 0, 1 << 62
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if int(gap_bucket(torch.tensor([mid]))[0]) >= b:
-                hi = mid
-            else:
-                lo = mid + 1
-        out.append(lo)
-    return out
 
 
 class _PaddedRows(ItemPairs):
@@ -389,7 +371,7 @@ def sidecar_spec(run: LoadedRun, onnx_path: Path, result: OnnxExport, tolerance:
         "item_ids": [plain(i) for i in ds.item_ids.tolist()],
         "item_titles": ds.item_titles.tolist(),
         "user_features": {n: ds.user_vocab[n] for n in run.user_feature_names},
-        "gap_thresholds_seconds": gap_thresholds(),
+        "gap_thresholds_seconds": list(gap_thresholds()),
         "parity": {
             "max_abs_diff": result.max_abs_diff,
             "rows": result.parity_rows,

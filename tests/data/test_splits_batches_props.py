@@ -163,3 +163,27 @@ def test_seed_windows(data, window, step, seed):
         assert len({tuple(w) for w in allw.tolist()}) == len(allw)
     again = seed_windows(ds, window=window, step=step, seed=seed)
     np.testing.assert_array_equal(again.test_windows, ws.test_windows)
+
+
+@SETTINGS
+@given(st.lists(st.integers(-(10**6), 2**40), min_size=1, max_size=20))
+def test_plain_python_gap_tokens_equal_the_training_buckets(gaps):
+    from bstrec.data.batches import gap_bucket, gap_thresholds, gap_tokens
+
+    # around every threshold too, where an off-by-one would show
+    edges = [t + d for t in gap_thresholds() for d in (-1, 0, 1)]
+    for chunk in (gaps, edges):
+        assert gap_tokens(chunk) == gap_bucket(torch.tensor(chunk)).tolist()
+
+
+def test_a_typed_history_batch_matches_the_tensor_built_one():
+    from bstrec.data.batches import gap_bucket, history_batch
+
+    times = [1_000, 1_060, 90_000, 5_000_000]
+    b = history_batch([5, 7, 9, 11], 6, 2, user_feats=[1, 2], times=times, now=5_000_100)
+    expected = gap_bucket(torch.tensor([5_000_100 - t for t in times]))
+    assert b.hist_gap.tolist() == [[0, 0, *expected.tolist()]]
+    assert b.hist_item.tolist() == [[0, 0, 5, 7, 9, 11]]
+    for name in ("user", "user_feats", "hist_item", "hist_rating", "hist_gap", "target", "time"):
+        assert getattr(b, name).dtype == torch.long, name
+    assert b.label.dtype == torch.float32 and math.isnan(b.label.item())

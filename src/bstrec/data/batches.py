@@ -20,6 +20,8 @@ beside R.
 
 from __future__ import annotations
 
+import bisect
+import functools
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -35,6 +37,33 @@ def gap_bucket(gap_seconds: torch.Tensor) -> torch.Tensor:
     g = gap_seconds.clamp(min=0).to(torch.float64)
     b = 1 + torch.floor(2 * torch.log2(1 + g)).to(torch.long)
     return b.clamp(max=GAP_BUCKETS - 1)
+
+
+@functools.cache
+def gap_thresholds() -> tuple[int, ...]:
+    """Seconds at which each gap token starts: a gap ``g`` >= 0 has token
+    ``1 + #{t in thresholds: g >= t}`` (0 is padding). The smallest ``g`` with
+    ``gap_bucket(g) >= b`` for b = 2..GAP_BUCKETS-1, by binary search on the
+    training code's own function, so the two agree by construction."""
+    out = []
+    for b in range(2, GAP_BUCKETS):
+        lo, hi = 0, 1 << 62
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if int(gap_bucket(torch.tensor([mid]))[0]) >= b:
+                hi = mid
+            else:
+                lo = mid + 1
+        out.append(lo)
+    return tuple(out)
+
+
+def gap_tokens(gap_seconds: list[int]) -> list[int]:
+    """``gap_bucket`` of a few whole-second gaps, in plain Python: a serving thread that
+    builds a request's batch this way runs no torch operation (each of which would hand
+    the GIL to the model thread and wait to get it back)."""
+    thresholds = gap_thresholds()
+    return [1 + bisect.bisect_right(thresholds, max(int(g), 0)) for g in gap_seconds]
 
 
 def rating_token(rating: np.ndarray) -> np.ndarray:
@@ -166,27 +195,27 @@ def history_batch(
     Without timestamps every watch counts as "just now" (gap bucket 1), which is
     what a person typing their favourites means.
     """
+    # Lists first, then one torch.tensor per field: serving builds this on its event
+    # loop, where every torch operation would wait its turn for the GIL.
     toks = item_tokens[-max_len:]
     pad = max_len - len(toks)
-    hist_item = torch.tensor([[0] * pad + toks], dtype=torch.long)
     if times is not None and now is not None:
-        gaps = gap_bucket(torch.tensor([now - t for t in times[-max_len:]]))
-        hist_gap = torch.cat([torch.zeros(pad, dtype=torch.long), gaps])[None, :]
+        gaps = gap_tokens([now - t for t in times[-max_len:]])
     else:
-        hist_gap = torch.tensor([[0] * pad + [1] * len(toks)], dtype=torch.long)
+        gaps = [1] * len(toks)
     if ratings is not None:
         rt = rating_token(np.asarray(ratings[-max_len:], dtype=np.float32)).tolist()
     else:
         rt = [0] * len(toks)
     feats = user_feats if user_feats is not None else [0] * n_user_feats
     return Batch(
-        user=torch.zeros(1, dtype=torch.long),
+        user=torch.tensor([0]),
         user_feats=torch.tensor([feats], dtype=torch.long),
-        hist_item=hist_item,
+        hist_item=torch.tensor([[0] * pad + toks], dtype=torch.long),
         hist_rating=torch.tensor([[0] * pad + rt], dtype=torch.long),
-        hist_gap=hist_gap,
-        target=torch.zeros(1, dtype=torch.long),
-        label=torch.full((1,), float("nan")),
+        hist_gap=torch.tensor([[0] * pad + gaps], dtype=torch.long),
+        target=torch.tensor([0]),
+        label=torch.tensor([float("nan")]),
         time=torch.tensor([now or 0], dtype=torch.long),
     )
 
