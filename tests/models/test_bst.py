@@ -301,13 +301,16 @@ def test_a_shared_user_side_gives_the_same_scores_and_reasons():
 
     model, batch, ds = _with_fitted_wide()
     model.freeze_catalog()
-    side = model.user_side(batch)
     cands = torch.arange(1, ds.n_items + 1)
-    assert torch.equal(model.score(batch, cands, side=side), model.score(batch, cands))
-    assert torch.equal(model.retrieval_scores(batch, side), model.retrieval_scores(batch))
-    assert torch.equal(model.explain(batch, cands, side), model.explain(batch, cands))
-    with_side = retrieve_then_rank(model, batch, 7, side=side)
-    without = retrieve_then_rank(model, batch, 7)
+    # inference, as callers run it (with autograd on, torch takes other kernels for the
+    # tower, which move the last bits)
+    with torch.no_grad():
+        side = model.user_side(batch)
+        assert torch.equal(model.score(batch, cands, side=side), model.score(batch, cands))
+        assert torch.equal(model.retrieval_scores(batch, side), model.retrieval_scores(batch))
+        assert torch.equal(model.explain(batch, cands, side), model.explain(batch, cands))
+        with_side = retrieve_then_rank(model, batch, 7, side=model.user_side(batch))
+        without = retrieve_then_rank(model, batch, 7)
     for a, b in zip(with_side, without, strict=True):
         assert torch.equal(a, b)
 
@@ -328,3 +331,28 @@ def test_a_frozen_catalogue_scores_candidates_from_its_cache(monkeypatch, per_us
 
     monkeypatch.setattr(model, "target_tokens", recomputed)
     torch.testing.assert_close(model.score(batch, cands), plain, rtol=1e-5, atol=1e-5)
+
+
+def test_retrieve_then_rank_computes_the_cheap_terms_once(monkeypatch):
+    from bstrec.retrieval import retrieve_then_rank
+
+    model, batch, ds = _with_fitted_wide()
+    model.freeze_catalog()
+    expected_scores, expected_picked = retrieve_then_rank(model, batch, 7)
+    calls = {"wide_feature": 0, "dot_term": 0}
+    for name in calls:
+        real = getattr(model, name)
+
+        def counted(*a, _real=real, _name=name, **k):
+            calls[_name] += 1
+            return _real(*a, **k)
+
+        monkeypatch.setattr(model, name, counted)
+    scores, picked = retrieve_then_rank(model, batch, 7)
+    assert calls == {"wide_feature": 1, "dot_term": 1}  # the head reads retrieval's
+    assert torch.equal(picked, expected_picked) and torch.equal(scores, expected_scores)
+    # and they are the same terms the head computes for those candidates itself
+    model.catalog_cache = None
+    torch.testing.assert_close(
+        scores.gather(1, picked), model.score(batch, picked + 1), rtol=1e-5, atol=1e-5
+    )

@@ -66,6 +66,17 @@ class UserSide:
     layers: list  # per block: history states entering it, their keys and values
     mask: torch.Tensor  # (B, L) real history positions
     states: torch.Tensor | None  # (B, L, D) the SASRec tower's states, if any
+    # (wide, dot) of every movie, (B, n_items) each or None, once ``retrieval_scores``
+    # has computed them: ranking the retrieved candidates then reads them, not again
+    catalogue: tuple | None = None
+
+
+def _columns(x: torch.Tensor | None, candidates: torch.Tensor) -> torch.Tensor | None:
+    """Columns of item tokens ``candidates`` (C,) or (B, C) from (B, n_items) ``x``."""
+    if x is None:
+        return None
+    idx = candidates - 1
+    return x[:, idx] if idx.dim() == 1 else x.gather(1, idx)
 
 
 def attend(
@@ -414,11 +425,15 @@ class BST(ScoringModel):
         recent history (item-to-item neighbours). The head then ranks the top few."""
         if not self.retrieves:
             return None
+        side = side or self.user_side(batch)
+        dot = self.dot_term(side, None) if self.tower is not None else None
+        wide = self.wide_feature(batch, None) if self.wide is not None else None
+        side.catalogue = (wide, dot)
         scores = torch.zeros(batch.hist_item.shape[0], self.n_items, device=batch.hist_item.device)
-        if self.tower is not None:
-            scores = scores + self.dot_term(side or self.user_side(batch), None)
-        if self.wide is not None:
-            scores = scores + self.wide_weight * self.wide_feature(batch, None)
+        if dot is not None:
+            scores = scores + dot
+        if wide is not None:
+            scores = scores + self.wide_weight * wide
         return scores
 
     def train(self, mode: bool = True):
@@ -538,6 +553,8 @@ class BST(ScoringModel):
             attn_out = attn_out * t0
         # score_all: one scatter per row instead of a lookup per candidate
         whole = candidates.dim() == 1 and len(candidates) == self.n_items and own is None
+        if cheap is None and side.catalogue is not None and own is None:
+            cheap = tuple(_columns(x, candidates) for x in side.catalogue)
         if cheap is not None:
             wide, dot = cheap
         else:
