@@ -2,7 +2,8 @@
 servers whose known users are being ranked in the background meanwhile, and never
 more model calls at once than the server has model threads.
 
-Every entry into the model (``score_all``, ``score``, ``explain``) is counted, on the
+Every entry into the model (``score_all``, ``score``, ``explain``, and retrieval's
+``retrieval_scores``) is counted, on the
 history path, on the known-user path and in the precompute alike; each counted call
 lingers a little, so that a path that skipped the model threads would overlap another.
 """
@@ -18,7 +19,7 @@ import pytest
 
 from tests.serve.conftest import running
 
-ENTRIES = ("score_all", "score", "explain")
+ENTRIES = ("score_all", "score", "explain", "retrieval_scores")
 
 
 def _requests():
@@ -82,24 +83,25 @@ def _send_all(base: str, reqs: list, clients: int):
             return list(pool.map(send, reqs))
 
 
-def _fresh(tiny_run, monkeypatch, **settings):
+def _fresh(tiny_run, monkeypatch, candidates=0, **settings):
     """A server of its own: a new Recommender (nothing kept yet), counted."""
     from bstrec.recommend import Recommender
     from bstrec.run_dir import load_run
     from bstrec.serve.app import create_app
     from bstrec.serve.worker import WorkerSettings
 
-    rec = Recommender(load_run(tiny_run))
+    rec = Recommender(load_run(tiny_run), candidates=candidates)
     counter = Counter(rec.model, monkeypatch)
     app = create_app(rec, WorkerSettings(**settings), say=lambda _line: None)
     return app, rec, counter
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-def test_concurrent_answers_equal_sequential_ones(tiny_run, monkeypatch, threads):
+# candidates 6: retrieve-then-rank, what catalogues above 2,000 movies get by default
+@pytest.mark.parametrize("threads, candidates", [(1, 0), (2, 0), (2, 6)])
+def test_concurrent_answers_equal_sequential_ones(tiny_run, monkeypatch, threads, candidates):
     reqs = _requests()
     # one at a time, nothing precomputed: the reference answers
-    app, _, counter = _fresh(tiny_run, monkeypatch)
+    app, _, counter = _fresh(tiny_run, monkeypatch, candidates)
     with running(app) as base:
         sequential = _send_all(base, reqs, clients=1)
     assert [s for s, _ in sequential].count(200) == 48
@@ -107,7 +109,7 @@ def test_concurrent_answers_equal_sequential_ones(tiny_run, monkeypatch, threads
     assert counter.most == 1
 
     # 8 clients at once, while every known user is ranked in the background
-    app, rec, counter = _fresh(tiny_run, monkeypatch, threads=threads, precompute=True)
+    app, rec, counter = _fresh(tiny_run, monkeypatch, candidates, threads=threads, precompute=True)
     workers = app.state.service.workers
     with running(app) as base:
         concurrent = _send_all(base, reqs, clients=8)
