@@ -159,3 +159,23 @@ def test_big_data_tunes_on_a_user_sample_and_fits_the_best_on_all():
     model, _ = tune_cooccurrence(ds.item, ds.user, rows, ds.n_items, val, max_rows=len(rows) // 4)
     full = fit_cooccurrence(ds.item, ds.user, rows, ds.n_items, model.scorer.p)
     torch.testing.assert_close(model.scorer.counts.values, full.scorer.counts.values)
+
+
+def test_pairs_counted_once_by_distance_give_every_grid_settings_counts():
+    from bstrec.models.cooccurrence import GRID_FIT, PairsByDistance
+
+    ds = tiny_dataset(n_users=12, n_items=15, per_user=14)  # pairs up to 11 apart
+    rows = leave_one_out(ds).train_rows(ds.user_offsets)
+    tok, size = ds.item.astype(np.int64) + 1, ds.n_items + 1
+    counted = PairsByDistance.count(tok, ds.user, rows, size, max(GRID_FIT["window"]))
+    for window in (1, 2, 3, 7, 10):
+        for symmetric in (False, True):
+            for pair_decay in (1.0, 0.7):
+                keys, vals = counted.combine(window, symmetric, pair_decay)
+                want_keys, want_vals = count_pairs(
+                    tok, ds.user, rows, size, window, symmetric, pair_decay
+                )
+                np.testing.assert_array_equal(keys, want_keys)
+                np.testing.assert_allclose(vals, want_vals, rtol=1e-6)
+    with pytest.raises(ValueError, match="counted up to 10 apart"):
+        counted.combine(11, False, 1.0)

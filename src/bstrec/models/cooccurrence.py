@@ -12,7 +12,8 @@ sparse, so the model fits any catalogue size.
 
 ``CooccurrenceScorer`` is the fitted statistic; BST uses the same scorer as a "wide"
 input of its head (see bst.py), ``Cooccurrence`` wraps it behind the model contract.
-``tune_cooccurrence`` picks the hyper-parameters on validation targets.
+``tune_cooccurrence`` picks the hyper-parameters on validation targets, counting the
+training pairs once by distance (``PairsByDistance``) for its whole grid.
 """
 
 from __future__ import annotations
@@ -74,24 +75,87 @@ def count_pairs(
     itself does not count. ``item_tok`` holds
     item tokens (index + 1).
     """
-    rows = np.asarray(train_rows, dtype=np.int64)
-    in_train = np.zeros(len(item_tok) + window + 1, dtype=bool)
-    in_train[rows] = True
+    rows, in_train = _training_mask(train_rows, len(item_tok), window)
     keys, counts = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
     for k in range(1, window + 1):
-        nxt = rows + k
-        ok = in_train[nxt] & (user[np.minimum(nxt, len(user) - 1)] == user[rows])
-        a, b = item_tok[rows[ok]].astype(np.int64), item_tok[nxt[ok]].astype(np.int64)
-        a, b = a[a != b], b[a != b]  # a re-watch says nothing about what comes next
-        pairs = np.concatenate([a * size + b, b * size + a]) if symmetric else a * size + b
+        new, n = _pairs_at(item_tok, user, rows, in_train, size, k)
+        if symmetric:
+            new, n = _both_directions(new, n, size)
         # merged one distance at a time: on 32M ratings all distances' raw pairs at once
         # would need tens of GB, their distinct keys a few
-        new, n = np.unique(pairs, return_counts=True)
         keys, inv = np.unique(np.concatenate([keys, new]), return_inverse=True)
         counts = np.bincount(
             inv, weights=np.concatenate([counts, n * np.float32(pair_decay ** (k - 1))])
         ).astype(np.float32)
     return keys, counts
+
+
+def _training_mask(train_rows, n_rows: int, window: int) -> tuple[np.ndarray, np.ndarray]:
+    rows = np.asarray(train_rows, dtype=np.int64)
+    in_train = np.zeros(n_rows + window + 1, dtype=bool)
+    in_train[rows] = True
+    return rows, in_train
+
+
+def _pairs_at(item_tok, user, rows, in_train, size: int, k: int):
+    """Directed pairs of one user's training rows exactly k apart: sorted distinct keys
+    and how often each occurs (float32)."""
+    nxt = rows + k
+    ok = in_train[nxt] & (user[np.minimum(nxt, len(user) - 1)] == user[rows])
+    a, b = item_tok[rows[ok]].astype(np.int64), item_tok[nxt[ok]].astype(np.int64)
+    a, b = a[a != b], b[a != b]  # a re-watch says nothing about what comes next
+    keys, n = np.unique(a * size + b, return_counts=True)
+    return keys, n.astype(np.float32)
+
+
+def _both_directions(keys: np.ndarray, counts: np.ndarray, size: int):
+    """Directed counts -> symmetric ones: b after a also counts as a after b."""
+    a, b = np.divmod(keys, size)
+    keys, inv = np.unique(np.concatenate([keys, b * size + a]), return_inverse=True)
+    return keys, np.bincount(inv, weights=np.concatenate([counts, counts])).astype(np.float32)
+
+
+@dataclass
+class PairsByDistance:
+    """The directed pair counts of some training rows, one column per distance 1..W.
+
+    Counted once, every (window, direction, pair decay) of the tuning grid is a
+    weighted sum of columns (``combine``) instead of a recount of the rows, which was
+    most of the grid's time. Dense in (distinct pairs) x W: meant for the tuning rows
+    (at most ``TUNE_MAX_ROWS``), not for a refit on 32M ratings, which ``count_pairs``
+    merges one distance at a time.
+    """
+
+    keys: np.ndarray  # (K,) sorted a * size + b, over every distance
+    per_distance: np.ndarray  # (K, W) float32: column k - 1 counts pairs k rows apart
+    size: int
+
+    @classmethod
+    def count(cls, item_tok, user, train_rows, size: int, window: int) -> PairsByDistance:
+        rows, in_train = _training_mask(train_rows, len(item_tok), window)
+        per_k = [_pairs_at(item_tok, user, rows, in_train, size, k) for k in range(1, window + 1)]
+        keys = np.unique(np.concatenate([k for k, _ in per_k]))
+        table = np.zeros((len(keys), window), dtype=np.float32)
+        for d, (k, n) in enumerate(per_k):
+            table[np.searchsorted(keys, k), d] = n
+        return cls(keys, table, size)
+
+    def combine(
+        self, window: int, symmetric: bool, pair_decay: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """What ``count_pairs`` gives for these settings (sums in another order: equal
+        up to float32 rounding)."""
+        if window > self.per_distance.shape[1]:
+            raise ValueError(
+                f"pairs counted up to {self.per_distance.shape[1]} apart, not {window}"
+            )
+        weights = np.float64(pair_decay) ** np.arange(window)
+        counts = self.per_distance[:, :window].astype(np.float64) @ weights
+        keep = counts > 0
+        keys, counts = self.keys[keep], counts[keep].astype(np.float32)
+        if symmetric:
+            keys, counts = _both_directions(keys, counts, self.size)
+        return keys, counts
 
 
 class CooccurrenceScorer(nn.Module):
@@ -204,16 +268,21 @@ def fit_cooccurrence(
     train_rows: np.ndarray,
     n_items: int,
     params: CooccurrenceParams,
+    counted: PairsByDistance | None = None,
 ) -> Cooccurrence:
-    keys, values = count_pairs(
-        item.astype(np.int64) + 1,
-        user,
-        train_rows,
-        n_items + 1,
-        params.window,
-        params.symmetric,
-        params.pair_decay,
-    )
+    """``counted``: the pairs of ``train_rows`` by distance, counted already (tuning)."""
+    if counted is not None:
+        keys, values = counted.combine(params.window, params.symmetric, params.pair_decay)
+    else:
+        keys, values = count_pairs(
+            item.astype(np.int64) + 1,
+            user,
+            train_rows,
+            n_items + 1,
+            params.window,
+            params.symmetric,
+            params.pair_decay,
+        )
     model = Cooccurrence(n_items, params)
     model.scorer.set_counts(keys, values, training_popularity(item, train_rows, n_items), params)
     return model
@@ -271,11 +340,15 @@ def tune_cooccurrence(
         return score
 
     best, best_params, best_model = -1.0, None, None
+    # every pair is counted once; each setting of the grid then weighs the distances
+    counted = PairsByDistance.count(
+        item.astype(np.int64) + 1, user, train_rows, n_items + 1, max(GRID_FIT["window"])
+    )
     for window, symmetric, pair_decay in itertools.product(*GRID_FIT.values()):
         if window == 1 and pair_decay != 1.0:
             continue  # one distance only
         params = CooccurrenceParams(window=window, symmetric=symmetric, pair_decay=pair_decay)
-        model = fit_cooccurrence(item, user, train_rows, n_items, params)
+        model = fit_cooccurrence(item, user, train_rows, n_items, params, counted)
         s = trial(model, params)
         if s > best:
             best, best_params, best_model = s, params, model
