@@ -121,13 +121,15 @@ class PairsByDistance:
 
     Counted once, every (window, direction, pair decay) of the tuning grid is a
     weighted sum of columns (``combine``) instead of a recount of the rows, which was
-    most of the grid's time. Dense in (distinct pairs) x W: meant for the tuning rows
+    most of the grid's time. Dense in W x (distinct pairs): meant for the tuning rows
     (at most ``TUNE_MAX_ROWS``), not for a refit on 32M ratings, which ``count_pairs``
     merges one distance at a time.
     """
 
     keys: np.ndarray  # (K,) sorted a * size + b, over every distance
-    per_distance: np.ndarray  # (K, W) float32: column k - 1 counts pairs k rows apart
+    # (W, K) float32: row k - 1 counts pairs k rows apart (distance-major, so that the
+    # first ``window`` rows are one contiguous block and no float64 copy is made)
+    per_distance: np.ndarray
     size: int
 
     @classmethod
@@ -135,9 +137,9 @@ class PairsByDistance:
         rows, in_train = _training_mask(train_rows, len(item_tok), window)
         per_k = [_pairs_at(item_tok, user, rows, in_train, size, k) for k in range(1, window + 1)]
         keys = np.unique(np.concatenate([k for k, _ in per_k]))
-        table = np.zeros((len(keys), window), dtype=np.float32)
+        table = np.zeros((window, len(keys)), dtype=np.float32)
         for d, (k, n) in enumerate(per_k):
-            table[np.searchsorted(keys, k), d] = n
+            table[d, np.searchsorted(keys, k)] = n
         return cls(keys, table, size)
 
     def combine(
@@ -145,14 +147,12 @@ class PairsByDistance:
     ) -> tuple[np.ndarray, np.ndarray]:
         """What ``count_pairs`` gives for these settings (sums in another order: equal
         up to float32 rounding)."""
-        if window > self.per_distance.shape[1]:
-            raise ValueError(
-                f"pairs counted up to {self.per_distance.shape[1]} apart, not {window}"
-            )
-        weights = np.float64(pair_decay) ** np.arange(window)
-        counts = self.per_distance[:, :window].astype(np.float64) @ weights
+        if window > len(self.per_distance):
+            raise ValueError(f"pairs counted up to {len(self.per_distance)} apart, not {window}")
+        weights = (np.float64(pair_decay) ** np.arange(window)).astype(np.float32)
+        counts = weights @ self.per_distance[:window]  # (K,)
         keep = counts > 0
-        keys, counts = self.keys[keep], counts[keep].astype(np.float32)
+        keys, counts = self.keys[keep], counts[keep]
         if symmetric:
             keys, counts = _both_directions(keys, counts, self.size)
         return keys, counts
