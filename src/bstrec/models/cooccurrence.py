@@ -85,9 +85,16 @@ def count_pairs(
         # would need tens of GB, their distinct keys a few
         keys, inv = np.unique(np.concatenate([keys, new]), return_inverse=True)
         counts = np.bincount(
-            inv, weights=np.concatenate([counts, n * np.float32(pair_decay ** (k - 1))])
+            inv, weights=np.concatenate([counts, n * _distance_weight(pair_decay, k)])
         ).astype(np.float32)
     return keys, counts
+
+
+def _distance_weight(pair_decay: float, k: int) -> np.float64:
+    """The weight of a pair k rows apart, rounded through float32 as counts have always
+    been: ``PairsByDistance.combine`` must reproduce ``count_pairs`` to the bit, or a
+    tuned BST trains on other numbers."""
+    return np.float64(np.float32(pair_decay ** (k - 1)))
 
 
 def _training_mask(train_rows, n_rows: int, window: int) -> tuple[np.ndarray, np.ndarray]:
@@ -131,6 +138,7 @@ class PairsByDistance:
     # first ``window`` rows are one contiguous block and no float64 copy is made)
     per_distance: np.ndarray
     size: int
+    _both: tuple | None = None  # the symmetric version, made once when first asked
 
     @classmethod
     def count(cls, item_tok, user, train_rows, size: int, window: int) -> PairsByDistance:
@@ -145,17 +153,30 @@ class PairsByDistance:
     def combine(
         self, window: int, symmetric: bool, pair_decay: float
     ) -> tuple[np.ndarray, np.ndarray]:
-        """What ``count_pairs`` gives for these settings (sums in another order: equal
-        up to float32 rounding)."""
+        """Exactly what ``count_pairs`` gives for these settings: the same sums in the
+        same order (distance by distance, each step in float64 and rounded to float32)."""
         if window > len(self.per_distance):
             raise ValueError(f"pairs counted up to {len(self.per_distance)} apart, not {window}")
-        weights = (np.float64(pair_decay) ** np.arange(window)).astype(np.float32)
-        counts = weights @ self.per_distance[:window]  # (K,)
-        keep = counts > 0
-        keys, counts = self.keys[keep], counts[keep]
-        if symmetric:
-            keys, counts = _both_directions(keys, counts, self.size)
-        return keys, counts
+        keys, table = self._symmetric() if symmetric else (self.keys, self.per_distance)
+        counts = np.zeros(len(keys), dtype=np.float32)
+        for k in range(1, window + 1):
+            step = counts.astype(np.float64) + table[k - 1] * _distance_weight(pair_decay, k)
+            counts = step.astype(np.float32)
+        keep = table[:window].any(0)  # pairs seen within the window (a zero weight too)
+        return keys[keep], counts[keep]
+
+    def _symmetric(self) -> tuple[np.ndarray, np.ndarray]:
+        """Keys and per-distance counts with both directions merged, as ``count_pairs``
+        merges them distance by distance (integer sums: exact in float32)."""
+        if self._both is None:
+            a, b = np.divmod(self.keys, self.size)
+            both = np.concatenate([self.keys, b * self.size + a])
+            keys, inv = np.unique(both, return_inverse=True)
+            table = np.zeros((len(self.per_distance), len(keys)), dtype=np.float32)
+            for d, row in enumerate(self.per_distance):
+                np.add.at(table[d], inv, np.concatenate([row, row]))
+            self._both = (keys, table)
+        return self._both
 
 
 class CooccurrenceScorer(nn.Module):
