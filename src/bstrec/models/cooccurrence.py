@@ -172,9 +172,12 @@ class PairsByDistance:
             a, b = np.divmod(self.keys, self.size)
             both = np.concatenate([self.keys, b * self.size + a])
             keys, inv = np.unique(both, return_inverse=True)
-            table = np.zeros((len(self.per_distance), len(keys)), dtype=np.float32)
-            for d, row in enumerate(self.per_distance):
-                np.add.at(table[d], inv, np.concatenate([row, row]))
+            table = np.stack(
+                [
+                    np.bincount(inv, np.concatenate([row, row]), len(keys)).astype(np.float32)
+                    for row in self.per_distance
+                ]
+            )
             self._both = (keys, table)
         return self._both
 
