@@ -157,26 +157,18 @@ class PairsByDistance:
         same order (distance by distance, each step in float64 and rounded to float32)."""
         if window > len(self.per_distance):
             raise ValueError(f"pairs counted up to {len(self.per_distance)} apart, not {window}")
-        if symmetric:
+        rows = self.per_distance[:window]
+        keys = self.keys
+        if symmetric:  # one distance at a time, both directions (integer sums: exact)
             keys, inv = self._symmetric_keys()
-            both = len(keys)
-
-            def row(d):  # one distance's counts in both directions (integer sums: exact)
-                r = self.per_distance[d]
-                return np.bincount(inv, np.concatenate([r, r]), both).astype(np.float32)
-        else:
-            keys = self.keys
-
-            def row(d):
-                return self.per_distance[d]
-
+            rows = (
+                np.bincount(inv, np.concatenate([r, r]), len(keys)).astype(np.float32) for r in rows
+            )
         counts = np.zeros(len(keys), dtype=np.float32)
         seen = np.zeros(len(keys), dtype=bool)  # pairs within the window (a zero weight too)
-        for k in range(1, window + 1):
-            r = row(k - 1)
-            counts = (counts.astype(np.float64) + r * _distance_weight(pair_decay, k)).astype(
-                np.float32
-            )
+        for k, r in enumerate(rows, 1):
+            step = counts.astype(np.float64) + r * _distance_weight(pair_decay, k)
+            counts = step.astype(np.float32)
             seen |= r > 0
         return keys[seen], counts[seen]
 
