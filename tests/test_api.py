@@ -221,3 +221,7 @@ def test_recommend_can_retrieve_and_says_so_when_asked_wrongly(run, ds):
     assert len(run.recommend(history=hist, k=5, candidates=3)) == 5
     with pytest.raises(ArgumentError, match="candidates must be a whole number >= 0"):
         run.recommend(history=hist, candidates=-1)
+    # one Recommender per settings, built once: not rebuilt on every call
+    assert run.recommender(candidates=3) is run.recommender(candidates=3)
+    assert run.recommender(candidates=3) is not run.recommender()
+    assert run.recommender(candidates=3).candidates == 3

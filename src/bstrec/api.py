@@ -188,7 +188,7 @@ class Run:
     def __init__(self, path: str | Path, *, _loaded=None):
         self.path = Path(path)
         self._loaded = _loaded
-        self._recommender = None
+        self._recommenders: dict[tuple, object] = {}  # settings -> Recommender
 
     # ------------------------------------------------------------ what it holds
     @property
@@ -281,16 +281,15 @@ class Run:
 
     # ------------------------------------------------------------ recommendations
     def recommender(self, **settings):
-        """The ``recommend.Recommender`` over this run (built once, then reused).
-        ``settings`` (``keep_top``, ``candidates``, ``explain_top``) build one of its
-        own, as `bstrec serve` does."""
+        """The ``recommend.Recommender`` over this run with these ``settings``
+        (``keep_top``, ``candidates``, ``explain_top``; none: the defaults), built once
+        per settings and then reused with what it has kept."""
         from bstrec.recommend import Recommender
 
-        if settings:
-            return Recommender(self.loaded, **settings)
-        if self._recommender is None:
-            self._recommender = Recommender(self.loaded)
-        return self._recommender
+        key = tuple(sorted(settings.items()))
+        if key not in self._recommenders:
+            self._recommenders[key] = Recommender(self.loaded, **settings)
+        return self._recommenders[key]
 
     def recommend(
         self,
