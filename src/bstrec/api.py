@@ -380,16 +380,7 @@ class Run:
                     )
             contributions.sort(key=lambda c: (-c.weight, c.watches_ago))
         info = rec.movie(item)
-        attention = "the movie's attention over the history (first block, mean over heads)"
-        if weights is None:
-            method = ""
-        elif getattr(rec.model, "wide", None) is not None:  # BST.explain's rule
-            method = (
-                "each watch's share of the pairs it formed with the movie in the training "
-                f"data (co-occurrence); where there are none, {attention}"
-            )
-        else:
-            method = attention
+        method = rec.model.explanation if weights is not None else ""
         return Explanation(
             info.movie_id,
             info.title,

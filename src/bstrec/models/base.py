@@ -60,6 +60,9 @@ class ScoringModel(nn.Module):
         cheap enough to rank everything itself."""
         return None
 
+    # what ``explain``'s weights are, in words ("" for models without a notion of it)
+    explanation: str = ""
+
     def explain(
         self, batch: Batch, candidates: torch.Tensor, side: Any | None = None
     ) -> torch.Tensor | None:

@@ -455,6 +455,17 @@ class BST(ScoringModel):
         scores, _ = self._score(batch, candidates, want_attention=False, own=own, side=side)
         return scores
 
+    ATTENTION_WEIGHTS = "the movie's attention over the history (first block, mean over heads)"
+
+    @property
+    def explanation(self) -> str:
+        if self.wide is None:
+            return self.ATTENTION_WEIGHTS
+        return (
+            "each watch's share of the pairs it formed with the movie in the training "
+            f"data (co-occurrence); where there are none, {self.ATTENTION_WEIGHTS}"
+        )
+
     def explain(
         self, batch: Batch, candidates: torch.Tensor, side: UserSide | None = None
     ) -> torch.Tensor:
