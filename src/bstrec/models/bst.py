@@ -506,7 +506,7 @@ class BST(ScoringModel):
         if self.cfg.output == "concat":
             return self.score_plain(batch, candidates, want_attention, own=own)
         # inference with a frozen catalogue: the candidates' side is looked up, not redone
-        cache = None if self.training or self.catalog_cache is None else self.catalog_cache
+        cache = self.catalog_cache  # None while training: train() drops it
         frozen = cache.take(candidates) if cache is not None else None
         return self.score_cached(
             batch, candidates, want_attention, frozen=frozen, own=own, side=side
