@@ -35,6 +35,7 @@ from bstrec.config import ModelConfig
 from bstrec.data.batches import GAP_BUCKETS, Batch
 from bstrec.models.base import ScoringModel
 from bstrec.models.cooccurrence import CooccurrenceScorer
+from bstrec.models.factors import FOLD_IN_RIDGE, predicted_stars
 from bstrec.models.sasrec import SASRec, softmax_candidates
 
 # above this many shared candidates the wide feature scatters each user's history rows
@@ -256,6 +257,10 @@ class BST(ScoringModel):
             # read from the history's own ratings) plus the MLP, which starts at zero.
             self.register_buffer("mean_rating", torch.tensor(3.5))
             self.register_buffer("item_bias", torch.zeros(cat.n_items + 1))
+            # + a fold-in factorisation of the history's ratings (bstrec.models.factors)
+            factors = torch.zeros(cat.n_items + 1, cfg.rating_factors)
+            self.register_buffer("item_factors", factors if cfg.rating_factors else None)
+            self.register_buffer("fold_ridge", torch.tensor(FOLD_IN_RIDGE))
             if cfg.wide != "none":
                 nn.init.zeros_(layers[-1].weight)
                 nn.init.zeros_(layers[-1].bias)
@@ -353,25 +358,13 @@ class BST(ScoringModel):
             out = out + self.wide_weight * wide
         return out
 
-    USER_BIAS_SHRINK = 5.0  # as if each user had 5 more ratings at their movies' means
-
     def rating_base(self, batch: Batch, candidates: torch.Tensor | None) -> torch.Tensor:
-        """Bias-baseline stars of each candidate: (B, C), or (B, n_items) for None.
-
-        The user's bias comes from the history's ratings only (shrunk towards 0), so a
-        known user and a typed-in history with ratings are treated alike.
-        """
-        r = batch.hist_rating.float() / 2  # (B, L) stars, 0 = no rating
-        rated = (batch.hist_rating > 0).float()
-        resid = (r - self.mean_rating - self.item_bias[batch.hist_item]) * rated
-        user = resid.sum(1) / (rated.sum(1) + self.USER_BIAS_SHRINK)  # (B,)
-        if candidates is None:
-            item = self.item_bias[1:][None, :]
-        elif candidates.dim() == 1:
-            item = self.item_bias[candidates][None, :]
-        else:
-            item = self.item_bias[candidates]
-        return self.mean_rating + user[:, None] + item
+        """Bias-baseline stars of each candidate, + the history's fold-in factor term:
+        (B, C), or (B, n_items) for None. The user's part comes from the history's
+        ratings only, so a known user and a typed-in history are treated alike."""
+        return predicted_stars(
+            batch, candidates, self.mean_rating, self.item_bias, self.item_factors, self.fold_ridge
+        )
 
     # ------------------------------------------------------------------ inference cache
     catalog_cache: CatalogCache | None = None  # set by freeze_catalog, dropped by train()

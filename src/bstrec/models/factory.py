@@ -14,11 +14,12 @@ from bstrec.models.baselines import Popularity, RatingBaseline
 from bstrec.models.bst import BST, CatalogFeatures
 from bstrec.models.cooccurrence import Cooccurrence, tune_cooccurrence
 from bstrec.models.ease import EASE, tune_ease
+from bstrec.models.factors import RatingFactors, tune_rating_factors
 from bstrec.models.itemknn import ItemKNN, tune_itemknn
 from bstrec.models.sasrec import SASRec
 
 RANKING_BASELINES = ("popularity", "cooccurrence", "itemknn", "ease")
-RATING_BASELINES = ("global-mean", "user-mean", "bias")
+RATING_BASELINES = ("global-mean", "user-mean", "bias", "factors")
 TRAINED = ("bst", "sasrec")  # by gradient, with the trainer
 MODELS = (*TRAINED, *RANKING_BASELINES, *RATING_BASELINES)
 
@@ -50,6 +51,8 @@ def build_model(cfg: RunConfig, cat: CatalogFeatures) -> ScoringModel:
         return ItemKNN(cat.n_items)
     if m.name == "ease":
         return EASE(cat.n_items)
+    if m.name == "factors":
+        return RatingFactors(cat.n_items, _factor_width(m.rating_factors))
     if m.name in RATING_BASELINES:
         return RatingBaseline(cat.n_items, cat.n_users)
     raise ValueError(f"unknown model {m.name!r}; choose from {', '.join(MODELS)}")
@@ -63,8 +66,8 @@ def fit_baseline(
     log: Callable[[str], None] | None = None,
 ) -> tuple[ScoringModel, list[dict]]:
     """Fit a closed-form baseline on ``train_rows``; ``validate(model)`` (validation
-    NDCG@10) tunes the hyper-parameters of those that have some. Returns the model and
-    the tuning grid's trials (empty for the untuned)."""
+    NDCG@10, or RMSE for ``factors``) tunes the hyper-parameters of those that have
+    some. Returns the model and the tuning grid's trials (empty for the untuned)."""
     m = cfg.model
     if m.name == "popularity":
         return Popularity.fit(ds.item, train_rows, ds.n_items), []
@@ -78,6 +81,13 @@ def fit_baseline(
     if m.name in RATING_BASELINES:
         if not ds.has_ratings:
             raise ValueError(f"{m.name} needs ratings; data set {ds.name} has none")
+        if m.name == "factors":
+            if validate is None:
+                raise ValueError("factors tunes on validation targets: pass validate (RMSE)")
+            k = _factor_width(m.rating_factors)
+            return tune_rating_factors(
+                ds.user, ds.item, ds.rating, train_rows, ds.n_users, ds.n_items, k, validate, log
+            )
         return RatingBaseline.fit(
             m.name, ds.user, ds.item, ds.rating, train_rows, ds.n_users, ds.n_items
         ), []
@@ -98,6 +108,12 @@ def fit_wide(
     if validate is None:
         raise ValueError("cooccurrence tunes on validation targets: pass validate")
     return tune_cooccurrence(ds.item, ds.user, train_rows, ds.n_items, validate, log=log)
+
+
+def _factor_width(k: int) -> int:
+    if k <= 0:
+        raise ValueError("model factors needs model.rating_factors > 0 (its factor width)")
+    return k
 
 
 def task_of(name: str, requested: str) -> str:

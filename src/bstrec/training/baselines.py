@@ -24,9 +24,12 @@ TUNE_SCORES = 12_000_000
 TUNE_MIN_USERS = 1000
 
 
-def val_ndcg(store: SequenceStore, split: Split, cfg: RunConfig, device="cpu"):
-    """Validation NDCG@10 of a fitted baseline, scored on ``device``, on a fixed sample
-    of at most ``train.val_users`` users, fewer on big catalogues (``TUNE_SCORES``)."""
+def val_ndcg(
+    store: SequenceStore, split: Split, cfg: RunConfig, device="cpu", metric: str = "NDCG@10"
+):
+    """Validation NDCG@10 (or another ``metric``: RMSE for a rating model) of a fitted
+    baseline, scored on ``device``, on a fixed sample of at most ``train.val_users``
+    users, fewer on big catalogues (``TUNE_SCORES``)."""
     fits = max(TUNE_MIN_USERS, TUNE_SCORES // max(store.n_items, 1))
     users = min(cfg.train.val_users, fits) if cfg.train.val_users else fits
 
@@ -39,15 +42,16 @@ def val_ndcg(store: SequenceStore, split: Split, cfg: RunConfig, device="cpu"):
             device=device,
             now=cfg.data.now,
             max_users=users,
-        )["NDCG@10"]
+        )[metric]
 
     return score
 
 
 def fit_baseline_run(cfg, ds, out, split, store, cat, ctx, log) -> TrainResult:
     t_start = time.perf_counter()
+    metric = "RMSE" if cfg.model.task == "rating" else "NDCG@10"
     model, trials = fit_baseline(
-        cfg, ds, split.train_rows(ds.user_offsets), val_ndcg(store, split, cfg)
+        cfg, ds, split.train_rows(ds.user_offsets), val_ndcg(store, split, cfg, metric=metric)
     )
     m = validate(
         model, store, split, cfg.data.max_len, now=cfg.data.now, max_users=cfg.train.val_users

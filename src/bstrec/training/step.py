@@ -86,16 +86,29 @@ class _SharedNegatives:
         return getattr(self.inner, name)
 
 
-def fit_rating_base(model, ds: Dataset, train_rows: np.ndarray) -> None:
-    """The rating model's wide part: mean and movie biases of the training ratings."""
-    from bstrec.models.baselines import RatingBaseline
+def fit_rating_base(model, ds: Dataset, train_rows: np.ndarray, validate=None, log=None) -> None:
+    """The rating model's wide part: mean, movie biases and (``model.rating_factors``)
+    movie factors of the training ratings, their ridges tuned on ``validate``
+    (validation RMSE of the factors alone; bstrec.models.factors)."""
+    from bstrec.models.factors import fit_biases, tune_rating_factors
 
-    base = RatingBaseline.fit(
-        "bias", ds.user, ds.item, ds.rating, train_rows, ds.n_users, ds.n_items
-    )
+    args = (ds.user, ds.item, ds.rating, train_rows, ds.n_users, ds.n_items)
     with torch.no_grad():
-        model.mean_rating.copy_(base.mean)
-        model.item_bias.copy_(base.item_bias)
+        if model.item_factors is None:
+            biases = fit_biases(*args)
+            model.mean_rating.fill_(biases.mean)
+            model.item_bias[1:] = torch.from_numpy(biases.item.astype(np.float32))
+            return
+        peer, _ = tune_rating_factors(*args, model.item_factors.shape[1], validate, log)
+        model.mean_rating.copy_(peer.mean)
+        model.item_bias.copy_(peer.item_bias)
+        model.item_factors.copy_(peer.item_factors)
+        model.fold_ridge.copy_(peer.fold_ridge)
+        if log:
+            log(
+                f"wide part: rating factors (k {model.item_factors.shape[1]}, fold-in ridge "
+                f"{peer.fold_ridge.item():g}) tuned on validation"
+            )
 
 
 class Trainer:
@@ -130,7 +143,8 @@ class Trainer:
                     f"{time.perf_counter() - t0:.1f}s"
                 )
         if self.model.task == "rating" and cfg.model.wide != "none" and fit_wide_part:
-            fit_rating_base(self.model, ds, split.train_rows(ds.user_offsets))
+            rmse = val_ndcg(store, split, cfg, self.device, metric="RMSE")
+            fit_rating_base(self.model, ds, split.train_rows(ds.user_offsets), rmse, log)
         self.setup_seconds = time.perf_counter() - t0
         self.model = self.model.to(self.device)
         stride = cfg.train.target_stride or getattr(self.model, "rows_stride", 1)
