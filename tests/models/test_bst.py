@@ -6,7 +6,7 @@ import torch
 from bstrec.config import ModelConfig, RunConfig
 from bstrec.data.batches import SequenceStore
 from bstrec.models.bst import BST
-from bstrec.models.factors import USER_BIAS_SHRINK
+from bstrec.models.factors import FOLD_IN_DECAY, USER_BIAS_SHRINK
 from bstrec.models.factory import catalog_features
 from tests.factories import tiny_dataset
 
@@ -201,9 +201,14 @@ def test_rating_starts_at_the_bias_baseline_read_from_the_history():
     got = model.score(batch, batch.target[:, None])[:, 0]
     for i in range(len(batch)):
         hist, toks = batch.hist_item[i], batch.hist_rating[i]
-        rated = [(int(h), int(r) / 2) for h, r in zip(hist, toks, strict=True) if r > 0]
-        resid = sum(r - 3.0 - model.item_bias[h].item() for h, r in rated)
-        user = resid / (len(rated) + USER_BIAS_SHRINK)
+        last = len(hist) - 1
+        rated = [
+            (int(h), int(r) / 2, FOLD_IN_DECAY ** (last - pos))
+            for pos, (h, r) in enumerate(zip(hist, toks, strict=True))
+            if r > 0
+        ]
+        resid = sum(w * (r - 3.0 - model.item_bias[h].item()) for h, r, w in rated)
+        user = resid / (sum(w for _, _, w in rated) + USER_BIAS_SHRINK)
         want = 3.0 + user + model.item_bias[batch.target[i]].item()
         assert got[i].item() == pytest.approx(want, abs=1e-5)
 

@@ -10,6 +10,7 @@ from bstrec.data.batches import Batch, SequenceStore
 from bstrec.data.splits import leave_one_out
 from bstrec.models.bst import BST
 from bstrec.models.factors import (
+    FOLD_IN_DECAY,
     FOLD_IN_RIDGE,
     USER_BIAS_SHRINK,
     Biases,
@@ -54,11 +55,18 @@ def test_fold_in_is_the_ridge_solution_of_the_rated_history():
     got = m.score_all(_batch(items, toks))  # (2, 12)
     mean, bias, q = 3.4, m.item_bias.double().numpy(), m.item_factors.double().numpy()
     for b in range(2):
-        rated = [(int(i), int(t) / 2) for i, t in zip(items[b], toks[b], strict=True) if t > 0]
-        resid = np.array([r - mean - bias[i] for i, r in rated])
-        ub = resid.sum() / (len(rated) + USER_BIAS_SHRINK)
-        qh = q[[i for i, _ in rated]]
-        vec = np.linalg.solve(qh.T @ qh + FOLD_IN_RIDGE * np.eye(3), qh.T @ (resid - ub))
+        # (item, stars, weight) of each rated watch; the newest (last) weighs 1
+        rated = [
+            (int(i), int(t) / 2, FOLD_IN_DECAY ** (5 - pos))
+            for pos, (i, t) in enumerate(zip(items[b], toks[b], strict=True))
+            if t > 0
+        ]
+        w = np.array([x[2] for x in rated])
+        resid = np.array([r - mean - bias[i] for i, r, _ in rated])
+        ub = (w * resid).sum() / (w.sum() + USER_BIAS_SHRINK)
+        qh = q[[i for i, _, _ in rated]]
+        gram = (qh * w[:, None]).T @ qh + FOLD_IN_RIDGE * np.eye(3)
+        vec = np.linalg.solve(gram, (qh * w[:, None]).T @ (resid - ub))
         want = mean + ub + bias[1:] + q[1:] @ vec
         np.testing.assert_allclose(got[b].numpy(), want, rtol=1e-4, atol=1e-4)
 
