@@ -29,6 +29,8 @@ from bstrec.evaluate import evaluate_ranking, evaluate_rating
 from bstrec.models.factory import build_model, catalog_features
 from bstrec.train import train
 
+RATING_PEERS = ("global-mean", "user-mean", "bias", "factors")
+
 
 def peers(ds, split, out: Path, which: list[str], sasrec_minutes: float) -> None:
     """Fit (or train) each peer through the same trainer as BST, then read test once."""
@@ -45,10 +47,11 @@ def peers(ds, split, out: Path, which: list[str], sasrec_minutes: float) -> None
         run = load_run(out / name)  # the checkpoint chosen on validation
         store = SequenceStore(ds, run.user_feature_names)
         rows = split.targets("test")
+        max_len = run.config.data.max_len
         if run.model.task == "rating":
-            m = evaluate_rating(run.model, store, rows, cfg.data.max_len)
+            m = evaluate_rating(run.model, store, rows, max_len)
         else:
-            m = evaluate_ranking(run.model, store, rows, cfg.data.max_len)
+            m = evaluate_ranking(run.model, store, rows, max_len)
         tuned = {}
         if (out / name / "tuning.jsonl").exists():
             trials = [json.loads(x) for x in (out / name / "tuning.jsonl").read_text().splitlines()]
@@ -213,9 +216,11 @@ def main(argv=None) -> int:
             ds,
             split,
             out,
-            ["popularity", "itemknn", "ease", "cooccurrence", "global-mean", "user-mean", "bias"],
+            ["popularity", "itemknn", "ease", "cooccurrence", *RATING_PEERS],
             0.0,
         )
+    elif "rating-peers" in args.only:  # the rating task's peers alone (closed form, seconds)
+        peers(ds, split, out, list(RATING_PEERS), 0.0)
     if "sasrec" in args.only:
         peers(ds, split, out, ["sasrec"], args.sasrec_minutes)
     if "ranking" in args.only:

@@ -113,7 +113,7 @@ def main(argv=None) -> int:
         cfg.model.task = task
         if task == "rating":
             cfg.train.batch_size = 2048
-        cfg.override(args.set)
+        cfg.override(args.set).resolve()
         r = train_speed(ds, store, rows, cfg, args.steps)
         r["fraction_of_matmul_peak"] = r["achieved_flops_per_second"] / peak
         if task == "rating":
@@ -121,7 +121,7 @@ def main(argv=None) -> int:
                 r["targets_per_second"] / notebook_windows_per_second
             )
         emit({"benchmark": f"train-{task}", **r})
-    cfg = RunConfig().override(args.set)
+    cfg = RunConfig().override(args.set).resolve()
     model = build_model(cfg, catalog_features(ds, store.user_feature_names))
     m = evaluate_ranking(model, store, split.targets("val"), cfg.data.max_len, batch_size=64)
     emit(
