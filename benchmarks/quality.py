@@ -55,7 +55,10 @@ def peers(ds, split, out: Path, which: list[str], sasrec_minutes: float) -> None
         tuned = {}
         if (out / name / "tuning.jsonl").exists():
             trials = [json.loads(x) for x in (out / name / "tuning.jsonl").read_text().splitlines()]
-            tuned = {"tuned": max(trials, key=lambda t: t.get("val_NDCG@10", -1))}
+            if "RMSE" in trials[0]:  # rating peers: the lowest validation RMSE
+                tuned = {"tuned": min(trials, key=lambda t: t["RMSE"])}
+            else:
+                tuned = {"tuned": max(trials, key=lambda t: t.get("val_NDCG@10", -1))}
         emit(
             {
                 "model": name,
