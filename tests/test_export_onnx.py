@@ -201,3 +201,31 @@ def test_the_parity_check_refuses_a_graph_that_scores_differently(run, tmp_path,
     with pytest.raises(ex.ExportError, match="differ from PyTorch's by up to"):
         run.export_onnx(tmp_path / "bad.onnx")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_rating_model_exports_with_its_fold_in_solve(tmp_path):
+    """ONNX has no solve operator: the rating head's fold-in exports unrolled, and the
+    exported scores equal PyTorch's for known users and typed histories."""
+    rating = bstrec.fit(
+        tiny_dataset(),
+        out=tmp_path / "rating",
+        log=None,
+        progress=False,
+        **{**TINY, "model__task": "rating", "model__rating_factors": 4},
+    )
+    assert rating.model.item_factors.abs().sum() > 0
+    path = tmp_path / "rating.onnx"
+    r = CliRunner().invoke(
+        app, ["export", str(rating.path), "--format", "onnx", "--out", str(path), "--json"]
+    )
+    assert r.exit_code == 0, r.output
+    sidecar = json.loads(path.with_name(path.name + ".json").read_text())
+    sess, model = onnx_session(path), rating.model
+    model.freeze_catalog()
+    worst = 0.0
+    for batch in _histories(rating):
+        with torch.no_grad():
+            want = model.score_all(batch).numpy()
+        got = sess.run(["scores"], _feed(sidecar, batch))[0]
+        worst = max(worst, float(np.abs(got - want).max()))
+    assert worst <= 1e-4, worst

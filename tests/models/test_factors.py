@@ -194,3 +194,13 @@ def test_factors_run_trains_saves_and_loads(tmp_path):
     assert isinstance(loaded.model, RatingFactors)
     torch.testing.assert_close(loaded.model.item_factors, result.model.item_factors)
     assert loaded.model.item_factors.abs().sum() > 0
+
+
+def test_the_exportable_solve_equals_torch_solve():
+    from bstrec.models.factors import gauss_jordan
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(7, 20, 5, generator=g)
+    a = x.transpose(1, 2) @ x + 2.0 * torch.eye(5)  # (7, 5, 5) as fold_in builds them
+    b = torch.randn(7, 5, 1, generator=g)
+    torch.testing.assert_close(gauss_jordan(a, b), torch.linalg.solve(a, b), rtol=1e-4, atol=1e-5)

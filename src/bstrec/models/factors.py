@@ -120,7 +120,30 @@ def fold_in(
     qw = q * w[..., None]
     gram = qw.transpose(1, 2) @ q + ridge * torch.eye(k, device=q.device)  # (B, k, k)
     rhs = qw.transpose(1, 2) @ (resid - user_bias[:, None])[..., None]  # (B, k, 1)
-    return user_bias, torch.linalg.solve(gram, rhs).squeeze(-1)  # (B,), (B, k)
+    return user_bias, spd_solve(gram, rhs).squeeze(-1)  # (B,), (B, k)
+
+
+def spd_solve(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """x with a @ x = b for symmetric positive definite ``a`` (B, k, k), ``b`` (B, k, m).
+
+    ONNX has no solve operator, so while exporting this runs Gauss-Jordan elimination
+    unrolled over the k columns (no pivoting needed: a ridge-regularised Gram matrix is
+    positive definite); otherwise ``torch.linalg.solve``. A test checks they agree.
+    """
+    if not torch.onnx.is_in_onnx_export():
+        return torch.linalg.solve(a, b)
+    return gauss_jordan(a, b)
+
+
+def gauss_jordan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    k = a.shape[-1]
+    aug = torch.cat([a, b], -1)  # (B, k, k + m)
+    rows = torch.arange(k, device=a.device)[None, :, None]  # (1, k, 1)
+    for i in range(k):
+        pivot = aug[:, i : i + 1, :] / aug[:, i : i + 1, i : i + 1]  # (B, 1, k + m)
+        aug = aug - aug[:, :, i : i + 1] * pivot  # column i cleared in every row ...
+        aug = torch.where(rows == i, pivot, aug)  # ... and row i is the scaled pivot row
+    return aug[:, :, k:]
 
 
 def predicted_stars(
@@ -136,7 +159,7 @@ def predicted_stars(
     user_bias, vec = fold_in(batch, mean, item_bias, factors, ridge)
     if candidates is None:
         candidates = torch.arange(1, len(item_bias), device=item_bias.device)
-    stars = mean + user_bias[:, None] + item_bias[candidates].expand(len(batch), -1)
+    stars = mean + user_bias[:, None] + item_bias[candidates]  # (B, C), broadcast
     if vec is not None:
         q = factors[candidates]  # (C, k) or (B, C, k)
         dot = vec @ q.T if q.dim() == 2 else (q @ vec[..., None]).squeeze(-1)  # (B, C)
