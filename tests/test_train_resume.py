@@ -216,3 +216,20 @@ def test_cli_exits_non_zero_on_a_diverging_learning_rate(tmp_path, data, restore
     assert r.exit_code == 1, r.output
     assert "error:" in r.output and ("non-finite" in r.output or "no longer finite" in r.output)
     assert "Traceback" not in r.output
+
+
+def test_stop_after_epochs_trains_the_first_part_of_the_same_schedule(
+    tmp_path, data, restore_threads
+):
+    """The quickstart's fixed work: the first epoch of a 2-epoch schedule is the full
+    run's first epoch, evaluation for evaluation, not a 1-epoch schedule."""
+    from bstrec import load_dataset
+
+    ds = load_dataset(str(data))
+    ref = train(_cfg(data), ds, tmp_path / "ref", log=lambda _m: None)
+    cut = _cfg(data).set("train.stop_after_epochs", 1)
+    part = train(cut, ds, tmp_path / "part", log=lambda _m: None)
+    first = [_strip(r) for r in ref.history if r["epoch"] == 0]
+    assert len(first) >= 2 and [_strip(r) for r in part.history] == first
+    short = train(_cfg(data).set("train.epochs", 1), ds, tmp_path / "short", log=lambda _m: None)
+    assert [_strip(r) for r in short.history] != first  # the schedule itself differs

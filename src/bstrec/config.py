@@ -74,6 +74,9 @@ class TrainConfig:
     # rating 2 (about 3 minutes: the head adds little to its fold-in factors after the
     # first epoch, round 7)
     epochs: int = 0
+    # stop after this many epochs of the `epochs`-long schedule (0 = run it all): fixed
+    # work that follows the default schedule's first part (the quickstart's 12 of 20)
+    stop_after_epochs: int = 0
     batch_size: int = 512
     lr: float = 1e-2
     weight_decay: float = 0.01

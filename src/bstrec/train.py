@@ -173,18 +173,25 @@ class _Loop:
         self.log(f"resuming {out} at epoch {st.epoch} batch {st.batch} (step {st.step})")
         return st
 
+    @property
+    def train_epochs(self) -> int:
+        """Epochs this run trains: the schedule's, or fewer with ``stop_after_epochs``."""
+        t = self.cfg.train
+        return min(t.epochs, t.stop_after_epochs) if t.stop_after_epochs > 0 else t.epochs
+
     def run(self, st: LoopState) -> None:
         cfg = self.cfg
-        finished = st.stop_reason == "patience" or st.epoch >= cfg.train.epochs
+        n_epochs = self.train_epochs
+        finished = st.stop_reason == "patience" or st.epoch >= n_epochs
         if finished:
             self.log(f"{self.out}: training had already finished; nothing to resume")
         self.progress = progress_bar(
             cfg.train.progress and self.ctx.is_main and not finished,
-            total=self.steps_per_epoch * cfg.train.epochs,
+            total=self.steps_per_epoch * n_epochs,
             initial=st.step,
         )
         st.stop_reason = ""
-        for epoch in range(st.epoch, cfg.train.epochs if not finished else 0):
+        for epoch in range(st.epoch, n_epochs if not finished else 0):
             self.epoch(st, epoch)
             if st.stop_reason:
                 break
@@ -218,7 +225,7 @@ class _Loop:
             self.progress.update(1)
             self.progress.set_postfix(loss=f"{st.loss_sum / st.loss_n:.4f}", epoch=epoch)
             end_of_epoch = k + 1 == n
-            last = end_of_epoch and epoch + 1 == cfg.train.epochs
+            last = end_of_epoch and epoch + 1 == self.train_epochs
             if (
                 st.step % eval_steps == 0
                 or over

@@ -18,7 +18,12 @@ def quickstart(
         "ml-1m", "--data", help="Data folder or name (default: cached/downloaded ml-1m)"
     ),
     out: Path = typer.Option(Path("runs/quickstart"), "--out", help="Where the runs go"),
-    epochs: int = typer.Option(None, "--epochs", min=1, help="BST training epochs [default: 8]"),
+    epochs: int = typer.Option(
+        None,
+        "--epochs",
+        min=1,
+        help="BST trains the first N epochs of its default schedule [default: 12 of 20]",
+    ),
     user: str = typer.Option(None, "--user", help="Whose recommendations to show"),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output"),
 ) -> None:

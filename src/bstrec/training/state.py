@@ -21,6 +21,7 @@ from bstrec.models.base import ScoringModel
 # it changes what the saved position, optimizer state or weights mean.
 RESUMABLE_CHANGES = {
     "train.epochs",
+    "train.stop_after_epochs",
     "train.patience",
     "train.max_minutes",
     "train.checkpoint_every_steps",
