@@ -32,7 +32,9 @@ from bstrec.train import train
 RATING_PEERS = ("global-mean", "user-mean", "bias", "factors")
 
 
-def peers(ds, split, out: Path, which: list[str], sasrec_minutes: float) -> None:
+def peers(
+    ds, split, out: Path, which: list[str], sasrec_minutes: float, sasrec_epochs: int = 20
+) -> None:
     """Fit (or train) each peer through the same trainer as BST, then read test once."""
     from bstrec.run_dir import load_run
 
@@ -40,9 +42,9 @@ def peers(ds, split, out: Path, which: list[str], sasrec_minutes: float) -> None
         cfg = RunConfig()
         cfg.model.name = name
         cfg.train.progress = False
-        if name == "sasrec":  # the default BST run's wall-clock budget, its schedule
+        if name == "sasrec":  # the default BST run's wall-clock budget and schedule
             cfg.train.max_minutes = sasrec_minutes
-            cfg.train.epochs = 16  # SASRec steps are cheaper: more epochs in that time
+            cfg.train.epochs = sasrec_epochs
         res = train(cfg, ds, out / name, log=lambda m: print(m, file=sys.stderr))
         run = load_run(out / name)  # the checkpoint chosen on validation
         store = SequenceStore(ds, run.user_feature_names)
@@ -181,8 +183,14 @@ def main(argv=None) -> int:
     p.add_argument(
         "--sasrec-minutes",
         type=float,
-        default=7.5,
+        default=10.0,
         help="SASRec's training time: the default BST run's (idle, 2 cores)",
+    )
+    p.add_argument(
+        "--sasrec-epochs",
+        type=int,
+        default=20,
+        help="the horizon of SASRec's cosine: BST's default",
     )
     p.add_argument(
         "--rating-minutes",
@@ -225,7 +233,7 @@ def main(argv=None) -> int:
     elif "rating-peers" in args.only:  # the rating task's peers alone (closed form, seconds)
         peers(ds, split, out, list(RATING_PEERS), 0.0)
     if "sasrec" in args.only:
-        peers(ds, split, out, ["sasrec"], args.sasrec_minutes)
+        peers(ds, split, out, ["sasrec"], args.sasrec_minutes, args.sasrec_epochs)
     if "ranking" in args.only:
         bst(ds, split, store, "ranking", args.ranking_minutes, out, args.set, args.ranking_run)
     if "rating" in args.only:
