@@ -225,3 +225,31 @@ def test_recommend_can_retrieve_and_says_so_when_asked_wrongly(run, ds):
     assert run.recommender(candidates=3) is run.recommender(candidates=3)
     assert run.recommender(candidates=3) is not run.recommender()
     assert run.recommender(candidates=3).candidates == 3
+
+
+def test_a_rating_model_reads_a_typed_history_s_ratings(ds, tmp_path):
+    rating = bstrec.fit(
+        ds,
+        out=tmp_path / "rating",
+        log=None,
+        progress=False,
+        **{**TINY, "model__task": "rating", "model__rating_factors": 4},
+    )
+    hist = [int(x) for x in ds.item_ids[:4]]
+    plain_picks = rating.recommend(history=hist, k=5)
+    loved = rating.recommend(history=hist, k=5, ratings=[5, 5, None, 4.5])
+    hated = rating.recommend(history=hist, k=5, ratings=[1, 1, None, 0.5])
+    # the fold-in reads the stars: a taste for high ratings lifts every prediction
+    assert loved[0].score > plain_picks[0].score > hated[0].score
+    ex = rating.explain(history=hist, movie=loved[0].movie_id, ratings=[5, 5, None, 4.5])
+    assert ex.score == pytest.approx(loved[0].score, abs=1e-4)
+    user = ds.user_ids[0].item()
+    with pytest.raises(bstrec.ArgumentError, match="ratings go with a history"):
+        rating.recommend(user=user, ratings=[5])
+    for bad, match in (
+        ([5], "1 given for 4 movies"),
+        ([5, 5, 5, 6], "6"),
+        ([5, 5, 5, True], "True"),
+    ):
+        with pytest.raises(bstrec.DataError, match=match):
+            rating.recommend(history=hist, ratings=bad)

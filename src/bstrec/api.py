@@ -299,6 +299,7 @@ class Run:
         k: int = 10,
         user_features: Mapping[str, str] | None = None,
         candidates: int | None = None,
+        ratings: Iterable | None = None,
     ) -> Recommendations:
         """The top ``k`` movies the user has not watched, best first, each with the
         watched movies that drove it.
@@ -307,7 +308,9 @@ class Run:
         (anyone's, e.g. ``[1193, 661, 914]``), with optional ``user_features``
         (``{"gender": "F", "age": "25"}``). DataError for unknown ids. candidates: how
         many movies the cheap stage retrieves for the model to rank (0: the whole
-        catalogue; None: 200 above 2,000 movies, else 0).
+        catalogue; None: 200 above 2,000 movies, else 0). ratings: with a history,
+        optional stars of each movie in the same order (None: not rated), which a
+        rating model reads the person's taste from.
         """
         _check_candidates(candidates)
         rec = self.recommender() if candidates is None else self.recommender(candidates=candidates)
@@ -317,8 +320,13 @@ class Run:
                 raise ArgumentError(
                     "user_features go with a history; a known user's features come from the data"
                 )
+            if ratings is not None:
+                raise ArgumentError("ratings go with a history; a known user's come from the data")
             return rec.for_user(user, k)
-        return rec.for_history(_id_list(history), k, user_features=dict(user_features or {}))
+        stars = None if ratings is None else list(ratings)
+        return rec.for_history(
+            _id_list(history), k, user_features=dict(user_features or {}), ratings=stars
+        )
 
     def explain(
         self,
@@ -327,6 +335,7 @@ class Run:
         movie,
         history: Iterable | None = None,
         user_features: Mapping[str, str] | None = None,
+        ratings: Iterable | None = None,
     ) -> Explanation:
         """Why the model scores ``movie`` as it does for ``user`` (or a ``history``):
         its score, its rank among the unwatched movies, and the weight of each watch
@@ -336,12 +345,14 @@ class Run:
         import torch
 
         from bstrec.data.batches import history_batch
-        from bstrec.recommend import SPACING_SECONDS
+        from bstrec.recommend import SPACING_SECONDS, history_stars
 
         rec = self.recommender()
         ds = rec.ds
         (item,) = rec.item_indexes([movie])
         if _who(user, history) == "user":
+            if ratings is not None:
+                raise ArgumentError("ratings go with a history; a known user's come from the data")
             u = rec.user_index(user)
             batch = rec.store.batch_for_users(torch.tensor([u]), rec.max_len)
             seen = ds.item[int(ds.user_offsets[u]) : int(ds.user_offsets[u + 1])]
@@ -359,6 +370,7 @@ class Run:
                 user_feats=rec.user_feature_codes(dict(user_features or {})),
                 times=[now - SPACING_SECONDS * (n - 1 - i) for i in range(n)],
                 now=now,
+                ratings=history_stars(None if ratings is None else list(ratings), n),
             )
             user_id = None
         with torch.no_grad():

@@ -14,6 +14,7 @@ query's answer is the same bits whatever else was queued with it (see ``rank``).
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -191,8 +192,10 @@ class Recommender:
         k: int,
         user_features: dict[str, str] | None = None,
         now: int | None = None,
+        ratings: list | None = None,
     ) -> Query:
-        """A typed history's query (oldest first); raises on unknown ids or values."""
+        """A typed history's query (oldest first), with optional stars per movie (None:
+        not rated); raises on unknown ids or values."""
         if not raw_items:
             raise DataError("history: give at least one movie id")
         idx = self.item_indexes(raw_items)
@@ -206,6 +209,7 @@ class Recommender:
             user_feats=self.user_feature_codes(user_features),
             times=times,
             now=now,
+            ratings=history_stars(ratings, n),
         )
         return Query(batch, np.asarray(idx, dtype=np.int64), k)
 
@@ -375,9 +379,28 @@ class Recommender:
         k: int = 10,
         user_features: dict[str, str] | None = None,
         now: int | None = None,
+        ratings: list | None = None,
     ) -> Recommendations:
-        query = self.history_query(raw_items, k, user_features, now)
+        query = self.history_query(raw_items, k, user_features, now, ratings)
         return self.answer_history(query, self.rank([query])[0], k)
+
+
+def history_stars(ratings: list | None, n: int) -> list[float] | None:
+    """A typed history's stars as ``history_batch`` takes them (0: not rated), checked:
+    one per movie, each None or 0.5 to 5."""
+    if ratings is None:
+        return None
+    ratings = list(ratings)
+    if len(ratings) != n:
+        raise DataError(f"ratings: {len(ratings)} given for {n} movies; give one per movie")
+    stars = []
+    for r in ratings:
+        number = isinstance(r, numbers.Real) and not isinstance(r, bool)
+        ok = r is None or (number and 0.5 <= float(r) <= 5)
+        if not ok:
+            raise DataError(f"ratings: {r!r} is not a star rating from 0.5 to 5 (or null)")
+        stars.append(0.0 if r is None else float(r))
+    return stars
 
 
 def _rating(r) -> float | None:

@@ -166,6 +166,16 @@ def test_history_recommendations(client, recommender):
     assert same["picks"] == body["picks"]
 
 
+def test_history_ratings_reach_the_model(client, recommender):
+    req = {"history": [20, 21, 22], "k": 5, "ratings": [5, None, 1.5]}
+    r = client.post("/recommendations", json=req)
+    assert r.status_code == 200, r.text
+    want = recommender.for_history([20, 21, 22], 5, ratings=[5, None, 1.5])
+    assert r.json() == as_json(want)
+    q = recommender.history_query([20, 21, 22], 5, ratings=[5, None, 1.5])
+    assert q.batch.hist_rating[0, -3:].tolist() == [10, 0, 3]
+
+
 def test_history_of_the_whole_catalogue_leaves_nothing(client):
     r = client.post("/recommendations", json={"history": MOVIES, "k": 10})
     assert r.status_code == 200 and r.json()["picks"] == []
@@ -242,6 +252,10 @@ def test_k_out_of_range_or_not_an_int_is_422(client, k):
         ({"history": [10], "user": {"shoe_size": 44}}, "user.shoe_size"),
         ({"history": [10], "user": {"gender": 1.5}}, "user.gender"),
         ({"history": [10], "user": {"zip": {"a": 1}}}, "user.zip"),
+        ({"history": [10, 11], "ratings": [4]}, "ratings"),
+        ({"history": [10, 11], "ratings": [4, 6]}, "ratings.1"),
+        ({"history": [10, 11], "ratings": [0, 4]}, "ratings.0"),
+        ({"history": [10, 11], "ratings": [4, "x"]}, "ratings.1"),
         ([10, 11], "body"),
         ("history", "body"),
         (None, "body"),

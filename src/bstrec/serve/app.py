@@ -168,6 +168,11 @@ class HistoryRequest(BaseModel):
         max_length=MAX_HISTORY,
         description="raw movie ids watched, oldest first, newest last",
     )
+    ratings: list[Annotated[float, Field(ge=0.5, le=5)] | None] | None = Field(
+        None,
+        description="optional stars of each history movie, in the same order (null: not "
+        "rated); a rating model reads the person's taste from them",
+    )
     k: int = Field(10, ge=1, le=MAX_K)
     user: UserFeatures | None = None
     now: datetime | None = Field(
@@ -306,9 +311,18 @@ class Service:
                 "history",
                 missing,
             )
+        if req.ratings is not None and len(req.ratings) != len(req.history):
+            raise ApiError(
+                422,
+                f"ratings: {len(req.ratings)} given for {len(req.history)} movies; "
+                "give one per movie (null: not rated)",
+                "ratings",
+            )
         features = self._features(req.user)
         try:
-            query = self.rec.history_query(list(req.history), req.k, features, _seconds(req.now))
+            query = self.rec.history_query(
+                list(req.history), req.k, features, _seconds(req.now), req.ratings
+            )
         except UnknownIdError as e:  # checked above; kept for a race-free guarantee
             raise ApiError(422, str(e), "history", list(e.ids)) from None
         except DataError as e:
