@@ -213,7 +213,7 @@ def test_a_rating_model_exports_with_its_fold_in_solve(tmp_path):
         progress=False,
         **{**TINY, "model__task": "rating", "model__rating_factors": 4},
     )
-    assert rating.model.item_factors.abs().sum() > 0
+    assert rating.model.rating_wide.item_factors.abs().sum() > 0
     path = tmp_path / "rating.onnx"
     r = CliRunner().invoke(
         app, ["export", str(rating.path), "--format", "onnx", "--out", str(path), "--json"]

@@ -194,8 +194,8 @@ def test_untrained_bst_ranks_as_its_wide_part_and_learns_from_there():
 def test_rating_starts_at_the_bias_baseline_read_from_the_history():
     model, batch, ds = make(task="rating")
     with torch.no_grad():
-        model.mean_rating.fill_(3.0)
-        model.item_bias.normal_(0, 0.5)
+        model.rating_wide.mean.fill_(3.0)
+        model.rating_wide.item_bias.normal_(0, 0.5)
         model.mlp_rest[-1].weight.zero_()
         model.mlp_rest[-1].bias.zero_()
     got = model.score(batch, batch.target[:, None])[:, 0]
@@ -207,9 +207,10 @@ def test_rating_starts_at_the_bias_baseline_read_from_the_history():
             for pos, (h, r) in enumerate(zip(hist, toks, strict=True))
             if r > 0
         ]
-        resid = sum(w * (r - 3.0 - model.item_bias[h].item()) for h, r, w in rated)
+        bias = model.rating_wide.item_bias
+        resid = sum(w * (r - 3.0 - bias[h].item()) for h, r, w in rated)
         user = resid / (sum(w for _, _, w in rated) + USER_BIAS_SHRINK)
-        want = 3.0 + user + model.item_bias[batch.target[i]].item()
+        want = 3.0 + user + bias[batch.target[i]].item()
         assert got[i].item() == pytest.approx(want, abs=1e-5)
 
 

@@ -126,11 +126,7 @@ def test_untrained_bst_rating_head_predicts_the_factors_baseline():
     rows = leave_one_out(ds).train_rows(ds.user_offsets)
     peer = RatingFactors.fit(ds.user, ds.item, ds.rating, rows, ds.n_users, ds.n_items, k=4)
     peer.fold_ridge.fill_(2.0)
-    with torch.no_grad():
-        bst.mean_rating.copy_(peer.mean)
-        bst.item_bias.copy_(peer.item_bias)
-        bst.item_factors.copy_(peer.item_factors)
-        bst.fold_ridge.copy_(peer.fold_ridge)
+    bst.rating_wide.load_state_dict(peer.state_dict())  # as the trainer fits it
     assert peer.item_factors[1:].abs().sum() > 0
     batch = store.batch_for_targets(torch.from_numpy(rows[5:40]), 6)
     cands = torch.arange(1, ds.n_items + 1)
@@ -204,3 +200,20 @@ def test_the_exportable_solve_equals_torch_solve():
     a = x.transpose(1, 2) @ x + 2.0 * torch.eye(5)  # (7, 5, 5) as fold_in builds them
     b = torch.randn(7, 5, 1, generator=g)
     torch.testing.assert_close(gauss_jordan(a, b), torch.linalg.solve(a, b), rtol=1e-4, atol=1e-5)
+
+
+def test_width_zero_is_the_bias_part_alone():
+    """model.rating_factors=0: no factors fitted, the fold-in reads only the history's bias."""
+    ds = tiny_dataset()
+    store = SequenceStore(ds)
+    rows = leave_one_out(ds).train_rows(ds.user_offsets)
+    args = (ds.user, ds.item, ds.rating, rows, ds.n_users, ds.n_items)
+    bias_only = RatingFactors.fit(*args, k=0)
+    full = RatingFactors.fit(*args, k=4)
+    assert bias_only.item_factors is None and "item_factors" not in bias_only.state_dict()
+    batch = store.batch_for_targets(torch.from_numpy(rows[5:40]), 6)
+    torch.testing.assert_close(bias_only.item_bias, full.item_bias)
+    torch.testing.assert_close(
+        bias_only.score_all(batch),
+        predicted_stars(batch, None, full.mean, full.item_bias, None),
+    )

@@ -35,7 +35,7 @@ from bstrec.config import ModelConfig
 from bstrec.data.batches import GAP_BUCKETS, Batch
 from bstrec.models.base import ScoringModel
 from bstrec.models.cooccurrence import CooccurrenceScorer
-from bstrec.models.factors import FOLD_IN_RIDGE, predicted_stars
+from bstrec.models.factors import RatingFactors
 from bstrec.models.sasrec import SASRec, softmax_candidates
 
 # above this many shared candidates the wide feature scatters each user's history rows
@@ -251,16 +251,13 @@ class BST(ScoringModel):
             self.wide_weight = nn.Parameter(torch.ones(()))
             nn.init.zeros_(layers[-1].weight)
             nn.init.zeros_(layers[-1].bias)
+        self.rating_wide = None
         if cfg.task == "rating":
-            # Wide & Deep for stars: the prediction is the bias baseline (mean + movie
-            # bias, fitted on the training part by the trainer, + the user's bias as
-            # read from the history's own ratings) plus the MLP, which starts at zero.
-            self.register_buffer("mean_rating", torch.tensor(3.5))
-            self.register_buffer("item_bias", torch.zeros(cat.n_items + 1))
-            # + a fold-in factorisation of the history's ratings (bstrec.models.factors)
-            factors = torch.zeros(cat.n_items + 1, cfg.rating_factors)
-            self.register_buffer("item_factors", factors if cfg.rating_factors else None)
-            self.register_buffer("fold_ridge", torch.tensor(FOLD_IN_RIDGE))
+            # Wide & Deep for stars: the prediction is the factors peer (mean + movie
+            # bias + the history's bias and fold-in vector, fitted on the training part
+            # by the trainer; bstrec.models.factors) plus the MLP, which starts at zero.
+            self.rating_wide = RatingFactors(cat.n_items, cfg.rating_factors)
+            self.rating_wide.mean.fill_(3.5)  # the prior of an unfitted part (wide: none)
             if cfg.wide != "none":
                 nn.init.zeros_(layers[-1].weight)
                 nn.init.zeros_(layers[-1].bias)
@@ -357,14 +354,6 @@ class BST(ScoringModel):
         if wide is not None:
             out = out + self.wide_weight * wide
         return out
-
-    def rating_base(self, batch: Batch, candidates: torch.Tensor | None) -> torch.Tensor:
-        """Bias-baseline stars of each candidate, + the history's fold-in factor term:
-        (B, C), or (B, n_items) for None. The user's part comes from the history's
-        ratings only, so a known user and a typed-in history are treated alike."""
-        return predicted_stars(
-            batch, candidates, self.mean_rating, self.item_bias, self.item_factors, self.fold_ridge
-        )
 
     # ------------------------------------------------------------------ inference cache
     catalog_cache: CatalogCache | None = None  # set by freeze_catalog, dropped by train()
@@ -572,7 +561,7 @@ class BST(ScoringModel):
         if dot is not None:
             scores = scores + dot
         if self.task == "rating":
-            scores = scores + self.rating_base(batch, None if whole else candidates)
+            scores = scores + self.rating_wide.stars(batch, None if whole else candidates)
         return scores, att_first
 
     def encode_history(self, batch: Batch):
@@ -670,7 +659,7 @@ class BST(ScoringModel):
         if self.tower is not None:
             scores = scores + self.dot_term(self.user_side(batch), candidates)
         if self.task == "rating":
-            scores = scores + self.rating_base(batch, candidates)
+            scores = scores + self.rating_wide.stars(batch, candidates)
         return scores, att_first
 
     # ------------------------------------------------------------------ training

@@ -157,11 +157,11 @@ def predicted_stars(
     """mean + the history's bias + movie bias (+ history vector . movie factors) of each
     candidate: (B, C) for ``candidates`` (C,) or (B, C), (B, n_items) for None."""
     user_bias, vec = fold_in(batch, mean, item_bias, factors, ridge)
-    if candidates is None:
-        candidates = torch.arange(1, len(item_bias), device=item_bias.device)
-    stars = mean + user_bias[:, None] + item_bias[candidates]  # (B, C), broadcast
+    # the whole catalogue is a slice (row 0 is padding), not a gather
+    pick = (lambda t: t[1:]) if candidates is None else (lambda t: t[candidates])
+    stars = mean + user_bias[:, None] + pick(item_bias)  # (B, C), broadcast
     if vec is not None:
-        q = factors[candidates]  # (C, k) or (B, C, k)
+        q = pick(factors)  # (C, k) or (B, C, k)
         dot = vec @ q.T if q.dim() == 2 else (q @ vec[..., None]).squeeze(-1)  # (B, C)
         stars = stars + dot
     return stars
@@ -175,10 +175,11 @@ class RatingFactors(ScoringModel):
 
     def __init__(self, n_items: int, k: int = 32):
         super().__init__()
-        self.n_items = n_items
+        self.n_items, self.k = n_items, k
         self.register_buffer("mean", torch.tensor(0.0))
         self.register_buffer("item_bias", torch.zeros(n_items + 1))
-        self.register_buffer("item_factors", torch.zeros(n_items + 1, k))
+        # k = 0: the bias baseline read from the history (BST's rating_factors=0)
+        self.register_buffer("item_factors", torch.zeros(n_items + 1, k) if k else None)
         self.register_buffer("fold_ridge", torch.tensor(FOLD_IN_RIDGE))
 
     @classmethod
@@ -195,9 +196,11 @@ class RatingFactors(ScoringModel):
     ) -> RatingFactors:
         model = cls(n_items, k)
         biases = fit_biases(user, item, rating, train_rows, n_users, n_items)
-        factors = fit_item_factors(
-            user, item, rating, train_rows, biases, n_users, n_items, k, als_ridge
-        )
+        factors = None
+        if k:
+            factors = fit_item_factors(
+                user, item, rating, train_rows, biases, n_users, n_items, k, als_ridge
+            )
         model.load_fitted(biases.mean, biases.item, factors)
         return model
 
@@ -215,13 +218,17 @@ class RatingFactors(ScoringModel):
                 self.item_factors[1:] = torch.from_numpy(factors.astype(np.float32))
             self.fold_ridge.fill_(fold_ridge)
 
-    def score(self, batch: Batch, candidates: torch.Tensor) -> torch.Tensor:
+    def stars(self, batch: Batch, candidates: torch.Tensor | None) -> torch.Tensor:
+        """``predicted_stars`` with this model's parts: (B, C), (B, n_items) for None."""
         return predicted_stars(
             batch, candidates, self.mean, self.item_bias, self.item_factors, self.fold_ridge
         )
 
+    def score(self, batch: Batch, candidates: torch.Tensor) -> torch.Tensor:
+        return self.stars(batch, candidates)
+
     def score_all(self, batch: Batch) -> torch.Tensor:
-        return self.score(batch, torch.arange(1, self.n_items + 1, device=self.mean.device))
+        return self.stars(batch, None)
 
 
 def fit_biases(

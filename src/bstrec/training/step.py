@@ -87,28 +87,21 @@ class _SharedNegatives:
 
 
 def fit_rating_base(model, ds: Dataset, train_rows: np.ndarray, validate=None, log=None) -> None:
-    """The rating model's wide part: mean, movie biases and (``model.rating_factors``)
-    movie factors of the training ratings, their ridges tuned on ``validate``
-    (validation RMSE of the factors alone; bstrec.models.factors)."""
-    from bstrec.models.factors import fit_biases, tune_rating_factors
+    """The rating model's wide part: the factors peer of the training ratings, its ridges
+    tuned on ``validate`` (validation RMSE of the peer alone; bstrec.models.factors), or
+    the bias part alone for ``model.rating_factors=0``."""
+    from bstrec.models.factors import RatingFactors, tune_rating_factors
 
     args = (ds.user, ds.item, ds.rating, train_rows, ds.n_users, ds.n_items)
-    with torch.no_grad():
-        if model.item_factors is None:
-            biases = fit_biases(*args)
-            model.mean_rating.fill_(biases.mean)
-            model.item_bias[1:] = torch.from_numpy(biases.item.astype(np.float32))
-            return
-        peer, _ = tune_rating_factors(*args, model.item_factors.shape[1], validate, log)
-        model.mean_rating.copy_(peer.mean)
-        model.item_bias.copy_(peer.item_bias)
-        model.item_factors.copy_(peer.item_factors)
-        model.fold_ridge.copy_(peer.fold_ridge)
+    k = model.rating_wide.k
+    if k == 0:
+        peer = RatingFactors.fit(*args, k=0)
+    else:
+        peer, _ = tune_rating_factors(*args, k, validate, log)
         if log:
-            log(
-                f"wide part: rating factors (k {model.item_factors.shape[1]}, fold-in ridge "
-                f"{peer.fold_ridge.item():g}) tuned on validation"
-            )
+            ridge = peer.fold_ridge.item()
+            log(f"wide part: rating factors (k {k}, fold-in ridge {ridge:g}) tuned on validation")
+    model.rating_wide.load_state_dict(peer.state_dict())
 
 
 class Trainer:
