@@ -344,9 +344,6 @@ class Run:
         "because" of ``recommend``)."""
         import torch
 
-        from bstrec.data.batches import history_batch
-        from bstrec.recommend import SPACING_SECONDS, history_stars
-
         rec = self.recommender()
         ds = rec.ds
         (item,) = rec.item_indexes([movie])
@@ -358,20 +355,12 @@ class Run:
             seen = ds.item[int(ds.user_offsets[u]) : int(ds.user_offsets[u + 1])]
             user_id = plain(ds.user_ids[u])
         else:
-            seen = rec.item_indexes(_id_list(history))
-            # the batch Recommender.for_history builds (a test checks the scores agree):
-            # watches a minute apart, the newest at the data set's last timestamp
-            now = int(ds.timestamp.max()) if len(ds.timestamp) else 0
-            n = len(seen)
-            batch = history_batch(
-                [i + 1 for i in seen],
-                rec.max_len,
-                len(rec.run.user_feature_names),
-                user_feats=rec.user_feature_codes(dict(user_features or {})),
-                times=[now - SPACING_SECONDS * (n - 1 - i) for i in range(n)],
-                now=now,
-                ratings=history_stars(None if ratings is None else list(ratings), n),
+            # the very query Recommender.for_history answers (a test checks the scores agree)
+            stars = None if ratings is None else list(ratings)
+            query = rec.history_query(
+                _id_list(history), 1, dict(user_features or {}), ratings=stars
             )
+            batch, seen = query.batch, query.seen
             user_id = None
         with torch.no_grad():
             scores = rec.model.score_all(batch)[0]

@@ -176,6 +176,11 @@ def test_history_ratings_reach_the_model(client, recommender):
     assert q.batch.hist_rating[0, -3:].tolist() == [10, 0, 3]
 
 
+def test_ratings_of_the_wrong_length_say_so(client):
+    body = _error(client.post("/recommendations", json={"history": [10, 11], "ratings": [4]}), 422)
+    assert body["detail"] == "ratings: 1 given for 2 movies; give one per movie (null: not rated)"
+
+
 def test_history_of_the_whole_catalogue_leaves_nothing(client):
     r = client.post("/recommendations", json={"history": MOVIES, "k": 10})
     assert r.status_code == 200 and r.json()["picks"] == []

@@ -35,7 +35,7 @@ from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bstrec.data.interactions import DataError
@@ -183,6 +183,17 @@ class HistoryRequest(BaseModel):
         "apart, the last one at this time.",
     )
 
+    @field_validator("ratings")
+    @classmethod
+    def _one_per_movie(cls, ratings, info):
+        history = info.data.get("history")  # absent when history itself was invalid
+        if ratings is not None and history is not None and len(ratings) != len(history):
+            raise ValueError(
+                f"{len(ratings)} given for {len(history)} movies; give one per movie "
+                "(null: not rated)"
+            )
+        return ratings
+
 
 class ErrorOut(BaseModel):
     detail: str
@@ -310,13 +321,6 @@ class Service:
                 f"{shown}{more}{self._unrated_note(missing)}",
                 "history",
                 missing,
-            )
-        if req.ratings is not None and len(req.ratings) != len(req.history):
-            raise ApiError(
-                422,
-                f"ratings: {len(req.ratings)} given for {len(req.history)} movies; "
-                "give one per movie (null: not rated)",
-                "ratings",
             )
         features = self._features(req.user)
         try:
@@ -562,7 +566,8 @@ def _error(e: dict) -> dict:
         }
     return {
         "field": _field(e.get("loc", ())),
-        "msg": str(e.get("msg", "invalid")),
+        # a validator's own ValueError reads as its message, without pydantic's prefix
+        "msg": str(e.get("msg", "invalid")).removeprefix("Value error, "),
         "type": str(e.get("type", "")),
     }
 
