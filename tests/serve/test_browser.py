@@ -40,28 +40,38 @@ def _chromium() -> str:
 
 
 @pytest.fixture(scope="module")
-def page(live_server):
+def browser():
     sync_api = pytest.importorskip(
         "playwright.sync_api", reason="the browser test needs playwright (dev extra)"
     )
     executable = _chromium()
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=executable, args=ARGS, headless=True)
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        # a 404 the page asked for on purpose (an unknown user) logs "Failed to load
-        # resource"; script errors are what must not happen
-        page.on(
-            "console",
-            lambda m: (
-                m.type == "error" and "Failed to load" not in m.text and errors.append(m.text)
-            ),
-        )
-        page.set_default_timeout(15_000)
-        page.goto(live_server + "/")
-        yield page
+        yield browser
         browser.close()
+
+
+@pytest.fixture(scope="module")
+def page(browser, live_server):
+    yield from _open(browser, live_server)
+
+
+def _open(browser, url: str):
+    """A page at ``url`` that must show no script errors while it is used."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    # a 404 the page asked for on purpose (an unknown user) logs "Failed to load
+    # resource"; script errors are what must not happen
+    page.on(
+        "console",
+        lambda m: m.type == "error" and "Failed to load" not in m.text and errors.append(m.text),
+    )
+    page.set_default_timeout(15_000)
+    page.goto(url + "/")
+    yield page
+    context.close()
     assert not errors, f"errors in the page: {errors}"
 
 
@@ -83,6 +93,9 @@ def test_build_a_history_and_get_recommendations(page, tmp_path):
     page.press("#search", "Enter")
     page.locator('#search-results li[data-movie-id="13"]').get_by_role("button", name="Add").click()
     expect(page.locator("#history-draft li")).to_have_count(2)
+    # a ranking model reads no stars, so the page does not ask for them
+    expect(page.locator("#history-draft .draft-stars")).to_have_count(0)
+    expect(page.locator("#stars-note")).to_be_hidden()
     page.select_option("#feat-gender", "F")  # demographics from /health go along
     page.select_option("#k", "5")
     with page.expect_request("**/recommendations") as sent:
@@ -162,3 +175,50 @@ def test_movielens_demographics_read_as_names_in_order(page, live_server):
     assert occupations.nth(13).get_attribute("value") == "12"  # the code goes back
     expect(other.locator("label[for=feat-zip1]")).to_have_text("ZIP code starts with")
     context.close()
+
+
+@pytest.fixture(scope="module")
+def rating_page(browser, tmp_path_factory):
+    """The page of a rating model: the factors peer, fitted in about a second."""
+    from bstrec.config import RunConfig
+    from bstrec.recommend import Recommender
+    from bstrec.run_dir import load_run
+    from bstrec.serve.app import create_app
+    from bstrec.train import train
+    from tests.factories import tiny_dataset
+    from tests.serve.conftest import running
+
+    cfg = RunConfig()
+    cfg.model.name, cfg.model.task, cfg.model.rating_factors = "factors", "rating", 4
+    out = tmp_path_factory.mktemp("rating-page") / "run"
+    train(cfg, tiny_dataset(n_users=40, per_user=12), out, log=lambda _m: None)
+    with running(create_app(Recommender(load_run(out)))) as url:
+        yield from _open(browser, url)
+
+
+def test_a_rating_model_asks_for_stars_and_sends_them(rating_page):
+    from playwright.sync_api import expect
+
+    page = rating_page
+    expect(page.locator("#health")).to_contain_text("(rating)")
+    for movie in (12, 13):
+        page.fill("#search", f"movie {movie}")
+        page.press("#search", "Enter")
+        hit = page.locator(f'#search-results li[data-movie-id="{movie}"]')
+        hit.get_by_role("button", name="Add").click()
+    stars = page.locator("#history-draft .draft-stars")
+    expect(stars).to_have_count(2)
+    expect(page.locator("#stars-note")).to_be_visible()
+    with page.expect_request("**/recommendations") as sent:
+        page.click("#history-go")  # no stars given: none sent
+    assert "ratings" not in sent.value.post_data_json
+    stars.nth(0).select_option("4.5")
+    with page.expect_request("**/recommendations") as sent:
+        page.click("#history-go")
+    assert sent.value.post_data_json["ratings"] == [4.5, None]
+    cards = page.locator("#recs li.card")
+    expect(cards.first.locator(".score")).to_contain_text("★")
+    # removing a movie keeps the stars of the others with their movies
+    page.get_by_role("button", name="remove Movie 12 (2002)").click()
+    expect(stars).to_have_count(1)
+    expect(stars.nth(0)).to_have_value("")

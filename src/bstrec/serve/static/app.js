@@ -66,6 +66,7 @@ async function loadHealth() {
       box.append(el("label", { for: `feat-${f.name}` }, f.label), select);
     }
     box.hidden = $("features-note").hidden = health.user_feature_choices.length === 0;
+    renderDraft(); // a rating model asks for stars
   } catch (err) {
     $("health").textContent = "server unreachable";
     showError(err);
@@ -90,18 +91,38 @@ function addMovie(m) {
     showError(new Error(`a history holds at most ${health.max_history} movies`));
     return;
   }
-  draft.push(m);
+  draft.push({ ...m, stars: null });
   renderDraft();
+}
+
+// A rating model reads the person's taste from the stars they gave (the fold-in), so
+// its page asks for them; a ranking model reads only what was watched, in order.
+const STAR_CHOICES = [5, 4.5, 4, 3.5, 3, 2.5, 2, 1.5, 1, 0.5];
+
+function starsSelect(m) {
+  const select = el("select", {
+    class: "draft-stars", "aria-label": `your stars for ${m.title}`,
+    onchange: (e) => { m.stars = e.target.value ? Number(e.target.value) : null; },
+  }, el("option", { value: "" }, "not rated"),
+  ...STAR_CHOICES.map((v) => el("option", { value: String(v) }, `${v}★`)));
+  select.value = m.stars == null ? "" : String(m.stars);
+  return select;
+}
+
+function asksForStars() {
+  return Boolean(health && health.task === "rating");
 }
 
 function renderDraft() {
   $("history-draft").replaceChildren(...draft.map((m, i) => el("li", {},
     movieLine(m),
+    asksForStars() ? starsSelect(m) : "",
     el("button", {
       type: "button", class: "link", "aria-label": `remove ${m.title}`,
       onclick: () => { draft.splice(i, 1); renderDraft(); },
     }, "remove"))));
   $("history-empty").hidden = draft.length > 0;
+  $("stars-note").hidden = !(asksForStars() && draft.length > 0);
   $("history-go").disabled = draft.length === 0;
 }
 
@@ -169,6 +190,10 @@ async function recommendForHistory() {
   }
   const body = { history: draft.map((m) => m.movie_id), k: Number($("k").value) };
   if (Object.keys(user).length) body.user = user;
+  // one entry per movie, null where not rated; left out when no stars were given
+  if (asksForStars() && draft.some((m) => m.stars != null)) {
+    body.ratings = draft.map((m) => m.stars);
+  }
   try {
     const res = await api("/recommendations", { method: "POST", body: JSON.stringify(body) });
     renderRecommendations(res, "your history");
