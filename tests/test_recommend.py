@@ -124,11 +124,13 @@ def _same(a, b) -> bool:
     )
 
 
-def test_a_query_ranks_the_same_in_any_batch(run_dir):
+# candidates 6: retrieve-then-rank, whose queries of one depth share a forward pass
+@pytest.mark.parametrize("candidates", [0, 6])
+def test_a_query_ranks_the_same_in_any_batch(run_dir, candidates):
     """Serving's guarantee: the bits of one query's answer do not depend on the
     queries handled with it, nor on its place among them."""
     out, ds = run_dir
-    rec = Recommender(load_run(out))
+    rec = Recommender(load_run(out), candidates=candidates)
     ids = [int(x) for x in ds.item_ids[:40]]
     queries = []
     for i in range(9):
@@ -150,6 +152,56 @@ def test_a_query_ranks_the_same_in_any_batch(run_dir):
         min(q.depth, n) for q, n in zip(queries, unseen, strict=True)
     ]
     assert any((r.reason_items >= 0).any() for r in alone), "reasons are kept"
+    if candidates:
+        # stacks of several queries were formed and checked; where the check found them
+        # exact, their answers were served from the stack
+        assert rec.exact and all(n > 1 for n, _, _ in rec.exact)
+        assert (rec.stacked > 0) == any(rec.exact.values())
+
+
+def _stackable(rec, ds, n=6, k=4):
+    ids = [int(x) for x in ds.item_ids[:40]]
+    return [rec.history_query(ids[i : i + 1 + i % 4], k=k) for i in range(n)]
+
+
+def test_a_stack_computes_each_query_s_own_answer(run_dir):
+    """Ranked together, each query gets its own picks and reasons (its scores to the
+    last bits or not: that is what the shape check decides)."""
+    out, ds = run_dir
+    rec = Recommender(load_run(out), candidates=6)
+    queries = _stackable(rec, ds)
+    alone = [rec._rank_stack([q])[0] for q in queries]
+    together = rec._rank_stack(queries)
+    for a, b in zip(alone, together, strict=True):
+        assert np.array_equal(a.items, b.items) and np.array_equal(a.reason_items, b.reason_items)
+        np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(a.reason_weights, b.reason_weights, rtol=1e-5, atol=1e-6)
+    assert len({tuple(r.items) for r in alone}) > 1, "different histories, different picks"
+    exact = all(_same(a, b) for a, b in zip(alone, together, strict=True))
+    rec.rank(queries)
+    assert rec.exact == {(len(queries), 6, 4): exact}, "the check saw what is so"
+
+
+def test_a_stack_shape_that_changes_an_answer_is_ranked_one_query_at_a_time(run_dir, monkeypatch):
+    out, ds = run_dir
+    rec = Recommender(load_run(out), candidates=6)
+    queries = _stackable(rec, ds)
+    alone = [rec.rank([q])[0] for q in queries]
+    real, stacks = rec._rank_stack, []
+
+    def off_by_an_ulp(qs):  # what other kernels for another shape may do
+        stacks.append(len(qs))
+        got = real(qs)
+        if len(qs) > 1:
+            got[0].scores[0] = np.nextafter(got[0].scores[0], np.float32(np.inf))
+        return got
+
+    monkeypatch.setattr(rec, "_rank_stack", off_by_an_ulp)
+    for _ in range(2):
+        assert all(_same(a, b) for a, b in zip(rec.rank(queries), alone, strict=True))
+    assert rec.exact == {(len(queries), 6, 4): False} and rec.stacked == 0
+    # checked once: the second time, the shape went straight to one query at a time
+    assert stacks == [len(queries)] + [1] * len(queries) * 2
 
 
 def test_request_time_moves_the_answer_and_is_checked(run_dir):

@@ -14,6 +14,7 @@ query's answer is the same bits whatever else was queued with it (see ``rank``).
 
 from __future__ import annotations
 
+import copy
 import numbers
 from dataclasses import dataclass
 from typing import TypeVar
@@ -33,6 +34,9 @@ SPACING_SECONDS = 60
 # few kB per user whatever the catalogue size). A request for more is computed on
 # demand and not kept. 50 is the deepest list the web page offers.
 KEEP_TOP = 50
+# At most this many queries share a forward pass (Recommender.rank): 8 rows cost 0.9 ms
+# a query, 16 rows 1.1 ms (larger products spill out of the CPU cache)
+STACK_MAX = 8
 M = TypeVar("M", bound=Movie)
 
 
@@ -97,7 +101,10 @@ class Recommender:
         if keep_top < 1:
             raise ValueError(f"keep_top must be at least 1, not {keep_top}")
         self.run = run
-        self.model = run.model.eval()
+        # a shallow copy: the same weights, but the serving settings below (the frozen
+        # catalogue, rows one at a time) are this Recommender's, not the run's model's,
+        # which may go on to evaluate or export in the same process
+        self.model = copy.copy(run.model).eval()
         self.candidates = retrieval_size(self.model, candidates, SERVE_MIN_ITEMS)
         if self.candidates and not self.model.retrieves:  # say so now, not per request
             raise ValueError(
@@ -106,6 +113,8 @@ class Recommender:
             )
         if hasattr(self.model, "freeze_catalog"):
             self.model.freeze_catalog()  # the candidate side is the same for every request
+        if hasattr(self.model, "exact_rows"):
+            self.model.exact_rows = True  # a row's bits must not depend on its stack (rank)
         ds = run.dataset
         self.ds = ds
         self.max_len = run.config.data.max_len
@@ -115,6 +124,10 @@ class Recommender:
         self.explain_top = explain_top
         self.keep_top = keep_top
         self._kept: dict[int, Ranked] = {}  # known user index -> top keep_top picks
+        # (queries, retrieved, ranked) -> whether a stack of that shape gives every query
+        # its own answer bit for bit (checked on its first stack; see ``rank``)
+        self.exact: dict[tuple[int, int, int], bool] = {}
+        self.stacked = 0  # answers that came from a stack of several queries
         self.last_time = int(ds.timestamp.max()) if len(ds.timestamp) else 0
         # every answer names 10 to 50 movies: each is looked up once, then shared by
         # every answer that names it (the records are frozen)
@@ -222,33 +235,90 @@ class Recommender:
     def rank(self, queries: list[Query]) -> list[Ranked]:
         """Score, rank and explain queries: the one place the model runs.
 
-        Each query is scored in a forward pass of its own. Stacking rows into one pass
-        was measured (benchmarks/batch_forward.py, default BST on ml-1m-u2999, one
-        torch thread): 2 to 4 rows saved up to 10% per row, 8 or 16 rows cost 1.5x as
-        much as one at a time (a BST row is already a catalogue-by-dim matrix product;
-        bigger batches spill out of the CPU cache). And it breaks exactness: BLAS picks
-        other kernels for other shapes (matrix-vector for one row, tails of blocked
-        loops), which moved a row's scores by an ulp or two with its batch-mates.
-        Row by row, a query's answer is the same bits whatever else is queued with
-        it. A kept query's answer is remembered for ``cached``.
+        With retrieve-then-rank (``candidates``), queries of one depth are stacked, up
+        to ``STACK_MAX``, into one forward pass: on a 200-candidate query most of the
+        model's time is per-call overhead on small tensors, which a stack shares (8
+        rows: 0.9 ms a query instead of 2.5, benchmarks/batch_forward.py). A query's
+        answer must not depend on what it was stacked with, and BLAS may pick other
+        kernels for other shapes, so each stack shape is checked once, on its first
+        stack: ranked together and one at a time, compared bit for bit (``exact``).
+        A shape that changes any answer is ranked one query at a time from then on.
+        Kernels depend on shapes, not values, so one check stands for the shape.
+        Whole-catalogue queries are scored one at a time: a row is already a
+        catalogue-sized product, and stacking them saved nothing (same benchmark).
+        A kept query's answer is remembered for ``cached``.
         """
-        out = []
-        for q in queries:
-            side = None
-            if self.candidates:
-                seen = torch.zeros(1, self.ds.n_items, dtype=torch.bool)
-                seen[0, torch.as_tensor(q.seen, dtype=torch.long)] = True
-                side = self.model.user_side(q.batch)  # shared by retrieval, ranking, reasons
-                scores = retrieve_then_rank(
-                    self.model, q.batch, max(self.candidates, q.depth), seen, side
-                )[0][0]
-            else:
-                scores = self.model.score_all(q.batch)[0]
-            ranked = self._explain(q.batch, *self._top(scores, q.seen, q.depth), side)
+        out: list[Ranked | None] = [None] * len(queries)
+        groups: dict[tuple | None, list[int]] = {}
+        for i, q in enumerate(queries):
+            groups.setdefault(self._stack_key(q), []).append(i)
+        for key, members in groups.items():
+            for s in range(0, len(members), STACK_MAX):
+                part = members[s : s + STACK_MAX]
+                ranked_part = self._rank_group(key, [queries[i] for i in part])
+                for i, ranked in zip(part, ranked_part, strict=True):
+                    out[i] = ranked
+        for q, ranked in zip(queries, out, strict=True):
             if q.keep and q.user is not None:
                 self._kept[q.user] = ranked  # one dict store: safe for readers
-            out.append(ranked)
-        return out
+        return out  # type: ignore[return-value]
+
+    def _stack_key(self, q: Query) -> tuple[int, int] | None:
+        """Queries with the same key may share a forward pass (None: never)."""
+        if not self.candidates:
+            return None
+        return (max(self.candidates, q.depth), q.depth)  # (retrieved, ranked) per row
+
+    def _rank_group(self, key: tuple[int, int] | None, qs: list[Query]) -> list[Ranked]:
+        if key is None:
+            return [self._rank_whole(q) for q in qs]
+        if len(qs) == 1:
+            return self._rank_stack(qs)
+        shape = (len(qs), *key)
+        exact = self.exact.get(shape)
+        if exact is False:
+            return [self._rank_stack([q])[0] for q in qs]
+        together = self._rank_stack(qs)
+        if exact is None:  # the first stack of this shape: check it (kept either way)
+            alone = [self._rank_stack([q])[0] for q in qs]
+            exact = self.exact[shape] = all(map(_same, together, alone))
+            if not exact:
+                return alone
+        self.stacked += len(qs)
+        return together
+
+    @torch.inference_mode()
+    def _rank_stack(self, qs: list[Query]) -> list[Ranked]:
+        """Retrieve, rank and explain queries of one stack key in one forward pass."""
+        batch = Batch.stack([q.batch for q in qs])
+        seen = torch.zeros(len(qs), self.ds.n_items, dtype=torch.bool)
+        for i, q in enumerate(qs):
+            seen[i, torch.as_tensor(q.seen, dtype=torch.long)] = True
+        side = self.model.user_side(batch)  # shared by retrieval, ranking, reasons
+        m, depth = self._stack_key(qs[0])  # type: ignore[misc]
+        scores = retrieve_then_rank(self.model, batch, m, seen, side)[0]
+        tops = [self._top(scores[i], q.seen, depth) for i, q in enumerate(qs)]
+        if depth and all(len(idx) == depth for idx, _ in tops):
+            picks = torch.stack([idx for idx, _ in tops])  # (B, depth)
+            w = self.model.explain(batch, picks + 1, side=side)
+            weights = [None] * len(qs) if w is None else list(w)
+        else:  # fewer unseen movies than the depth (tiny catalogues): as if alone
+            weights = [
+                _first(self.model.explain(q.batch, idx[None] + 1)) if len(idx) else None
+                for q, (idx, _) in zip(qs, tops, strict=True)
+            ]
+        return [
+            self._ranked(batch.hist_item[i], idx, values, w)
+            for i, ((idx, values), w) in enumerate(zip(tops, weights, strict=True))
+        ]
+
+    @torch.inference_mode()
+    def _rank_whole(self, q: Query) -> Ranked:
+        """One query over the whole catalogue."""
+        scores = self.model.score_all(q.batch)[0]
+        indices, values = self._top(scores, q.seen, q.depth)
+        weights = self.model.explain(q.batch, indices + 1) if len(indices) else None
+        return self._ranked(q.batch.hist_item[0], indices, values, _first(weights))
 
     def _top(self, scores: torch.Tensor, seen: np.ndarray, k: int):
         scores = scores.clone()
@@ -257,18 +327,21 @@ class Recommender:
         top = torch.topk(scores, k)
         return top.indices, top.values
 
-    def _explain(
-        self, batch: Batch, indices: torch.Tensor, values: torch.Tensor, side=None
+    def _ranked(
+        self,
+        hist_item: torch.Tensor,
+        indices: torch.Tensor,
+        values: torch.Tensor,
+        weights: torch.Tensor | None,
     ) -> Ranked:
-        """The ``explain_top`` watched movies that weighed most for each pick."""
+        """A query's picks with the ``explain_top`` watched movies that weighed most for
+        each: ``hist_item`` (L,), ``weights`` (n, L) the model's ``explain``."""
         n, e = len(indices), self.explain_top
         reason_items = np.full((n, e), -1, dtype=np.int32)
         reason_weights = np.zeros((n, e), dtype=np.float32)
-        shared = {} if side is None else {"side": side}
-        weights = self.model.explain(batch, indices + 1, **shared) if n else None  # (1, n, L)
         if weights is not None:
-            top_w, top_pos = weights[0].topk(min(e, weights.shape[-1]), dim=-1)  # (n, e')
-            tok = batch.hist_item[0][top_pos]
+            top_w, top_pos = weights.topk(min(e, weights.shape[-1]), dim=-1)  # (n, e')
+            tok = hist_item[top_pos]
             valid = (tok > 0) & (top_w > 0)
             cols = top_w.shape[1]
             reason_items[:, :cols] = torch.where(valid, tok - 1, -1).numpy()
@@ -401,6 +474,24 @@ def history_stars(ratings: list | None, n: int) -> list[float] | None:
             raise DataError(f"ratings: {r!r} is not a star rating from 0.5 to 5 (or null)")
         stars.append(0.0 if r is None else float(r))
     return stars
+
+
+def _first(weights: torch.Tensor | None) -> torch.Tensor | None:
+    """A one-row ``explain`` answer's row (None: the model has no reasons)."""
+    return None if weights is None else weights[0]
+
+
+def _same(a: Ranked, b: Ranked) -> bool:
+    """The same answer, bit for bit."""
+    return all(
+        x.dtype == y.dtype and np.array_equal(x.view(np.uint8), y.view(np.uint8))
+        for x, y in (
+            (a.items, b.items),
+            (a.scores, b.scores),
+            (a.reason_items, b.reason_items),
+            (a.reason_weights, b.reason_weights),
+        )
+    )
 
 
 def _rating(r) -> float | None:

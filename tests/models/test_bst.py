@@ -363,3 +363,40 @@ def test_retrieve_then_rank_computes_the_cheap_terms_once(monkeypatch):
     torch.testing.assert_close(
         scores.gather(1, picked), model.score(batch, picked + 1), rtol=1e-5, atol=1e-5
     )
+
+
+def test_exact_rows_makes_the_per_user_products_independent_of_the_batch():
+    """Serving stacks requests (Recommender.rank): with ``exact_rows`` a user's tower
+    dot product and user part are the bits of that user alone."""
+    model, batch, ds = _with_fitted_wide()
+    model.exact_rows = True
+    cands = torch.arange(1, ds.n_items + 1)
+    with torch.inference_mode():
+        side = model.user_side(batch)
+        stacked = (model.dot_term(side, None), model.dot_term(side, cands), model._user_part(batch))
+        for i in range(len(batch)):
+            row = batch.index(slice(i, i + 1))
+            one = model.user_side(row)
+            alone = (model.dot_term(one, None), model.dot_term(one, cands), model._user_part(row))
+            for s, a in zip(stacked, alone, strict=True):
+                assert torch.equal(s[i : i + 1], a)
+
+
+def test_explain_runs_the_attention_pass_row_by_row_for_the_rows_that_need_it(monkeypatch):
+    """A row's reasons must not depend on the rows stacked with it: the attention
+    pass, when a row needs it, sees that row alone."""
+    model, batch, ds = _with_fitted_wide()
+    cands = torch.arange(1, ds.n_items + 1)[None].expand(len(batch), -1)
+    has_pairs = model.wide.contributions(batch.hist_item, cands).sum(-1) > 0  # (B, C)
+    needs = (~has_pairs).any(1)
+    assert needs.any() and len(batch) > 1
+    expected = [model.explain(batch.index(slice(i, i + 1)), cands[i : i + 1])[0] for i in range(4)]
+    sizes = []
+    real = model.attention
+    monkeypatch.setattr(
+        model, "attention", lambda b, *a, **k: sizes.append(len(b)) or real(b, *a, **k)
+    )
+    got = model.explain(batch, cands)
+    assert sizes == [1] * int(needs.sum())
+    for i in range(len(batch)):
+        torch.testing.assert_close(got[i], expected[i], rtol=0, atol=0)

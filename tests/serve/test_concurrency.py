@@ -1,6 +1,7 @@
 """Many requests at once over a real socket: the same answers as one at a time, from
-servers whose known users are being ranked in the background meanwhile, and never
-more model calls at once than the server has model threads.
+servers whose known users are being ranked in the background meanwhile (with
+retrieve-then-rank, several requests share a forward pass), and never more model
+calls at once than the server has model threads.
 
 Every entry into the model (``score_all``, ``score``, ``explain``, and retrieval's
 ``retrieval_scores``) is counted, on the
@@ -125,3 +126,8 @@ def test_concurrent_answers_equal_sequential_ones(tiny_run, monkeypatch, threads
     assert counter.most <= threads, "only the model threads call the model"
     assert counter.most == threads or threads == 1
     assert workers.max_waiting > 1, "requests did queue for the model at the same time"
+    assert workers.largest_turn > 1, "a model thread took several of them in one turn"
+    if candidates:
+        # retrieve-then-rank stacks them into one forward pass: every shape was checked
+        # once against one query at a time, and the exact ones answered from the stack
+        assert rec.exact and (rec.stacked > 0) == any(rec.exact.values())

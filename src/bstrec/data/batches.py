@@ -95,6 +95,15 @@ class Batch:
     def index(self, idx) -> Batch:
         return Batch(**{f.name: getattr(self, f.name)[idx] for f in fields(self)})
 
+    @staticmethod
+    def stack(batches: list[Batch]) -> Batch:
+        """Rows of several batches (of one history length) as one batch, in order."""
+        if len(batches) == 1:
+            return batches[0]
+        return Batch(
+            **{f.name: torch.cat([getattr(b, f.name) for b in batches]) for f in fields(Batch)}
+        )
+
 
 class SequenceStore:
     """The Dataset's arrays as torch tensors, ready for batched history gathers."""

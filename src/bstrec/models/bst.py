@@ -71,6 +71,20 @@ class UserSide:
     # has computed them: ranking the retrieved candidates then reads them, not again
     catalogue: tuple | None = None
 
+    def row(self, i: int) -> UserSide:
+        """Row i alone (views), as if its batch had held that row only."""
+        one = slice(i, i + 1)
+        return UserSide(
+            [tuple(x[one] for x in layer) for layer in self.layers],
+            self.mask[one],
+            None if self.states is None else self.states[one],
+            None if self.catalogue is None else tuple(_rows(x, one) for x in self.catalogue),
+        )
+
+
+def _rows(x: torch.Tensor | None, rows: slice) -> torch.Tensor | None:
+    return None if x is None else x[rows]
+
 
 def _columns(x: torch.Tensor | None, candidates: torch.Tensor) -> torch.Tensor | None:
     """Columns of item tokens ``candidates`` (C,) or (B, C) from (B, n_items) ``x``."""
@@ -124,6 +138,10 @@ class CatalogCache:
     q: torch.Tensor  # (1, H, C, dh)
     k: torch.Tensor
     v: torch.Tensor
+    # q, k and v again, movie-major (C, 3, H, dh), made on the first ``take`` of
+    # per-user candidates: their rows are then contiguous blocks to copy, not strided
+    # slices of every head
+    by_movie: torch.Tensor | None = None
 
     def part(self, start: int, end: int) -> CatalogCache:
         """Movies start..end-1 (a chunk of score_all)."""
@@ -142,10 +160,18 @@ class CatalogCache:
             return CatalogCache(
                 self.tokens[idx], self.q[:, :, idx], self.k[:, :, idx], self.v[:, :, idx]
             )
-        return CatalogCache(
-            self.tokens[idx],  # (B, C, D)
-            *(z[0][:, idx].transpose(0, 1) for z in (self.q, self.k, self.v)),
-        )
+        b, c = idx.shape
+        flat = idx.reshape(-1)
+        # whole rows along the first dimension: several times faster than indexing
+        # every head's (B, C) entries
+        if self.by_movie is None:  # two threads may both make it: the same tensor
+            qkv = torch.stack([self.q[0], self.k[0], self.v[0]])  # (3, H, C, dh)
+            self.by_movie = qkv.permute(2, 0, 1, 3).contiguous()
+        rows = self.by_movie.index_select(0, flat)  # (B * C, 3, H, dh)
+        q, k, v = (
+            rows[:, i].view(b, c, *rows.shape[2:]).transpose(1, 2).contiguous() for i in range(3)
+        )  # (B, H, C, dh) each
+        return CatalogCache(self.tokens.index_select(0, flat).view(b, c, -1), q, k, v)
 
 
 class Block(nn.Module):
@@ -358,6 +384,12 @@ class BST(ScoringModel):
     # ------------------------------------------------------------------ inference cache
     catalog_cache: CatalogCache | None = None  # set by freeze_catalog, dropped by train()
     score_chunk: int = 8192  # catalogue chunk of score_all (see there)
+    # Per-user products (B rows) one row at a time, so that a row's bits do not depend
+    # on how many rows its batch has: BLAS runs a matrix-vector kernel for one row and
+    # others for several, which differ in the last bits. Serving sets it (it stacks
+    # requests: recommend.Recommender.rank); training and evaluation keep the batched
+    # products, which are faster.
+    exact_rows: bool = False
 
     def freeze_catalog(self) -> None:
         """Precompute the candidate side of the whole catalogue for inference.
@@ -456,19 +488,32 @@ class BST(ScoringModel):
         in the training data) where the candidate has any, else the candidate's own
         attention row. Attention alone hardly depends on the candidate: one user's ten
         picks all cited the same three films (issue 9)."""
+        b = batch.hist_item.shape[0]
+        cands = candidates if candidates.dim() == 2 else candidates[None].expand(b, -1)
         if self.wide is None:
-            return self.attention(batch, candidates, side)
-        cands = (
-            candidates
-            if candidates.dim() == 2
-            else candidates[None].expand(batch.hist_item.shape[0], -1)
-        )
-        pairs = self.wide.contributions(batch.hist_item, cands)  # (B, C, L)
-        total = pairs.sum(-1, keepdim=True)
-        shares = pairs / total.clamp_min(1e-12)
-        if bool((total > 0).all()):
-            return shares  # the usual case in serving: the attention pass is not needed
-        return torch.where(total > 0, shares, self.attention(batch, candidates, side))
+            shares = total = None
+            need = [True] * b
+        else:
+            pairs = self.wide.contributions(batch.hist_item, cands)  # (B, C, L)
+            total = pairs.sum(-1, keepdim=True)
+            shares = pairs / total.clamp_min(1e-12)
+            if bool((total > 0).all()):
+                return shares  # the usual case in serving: the attention pass is not needed
+            need = (total <= 0).flatten(1).any(1).tolist()
+        if b == 1:
+            att = self.attention(batch, candidates, side)
+            return att if total is None else torch.where(total > 0, shares, att)
+        # the attention pass row by row: a row's reasons must not depend on the rows
+        # stacked with it (a stacked pass may run other kernels: Recommender.rank)
+        side = side or self.user_side(batch)
+        rows = []
+        for i in range(b):
+            if not need[i]:
+                rows.append(shares[i])
+                continue
+            att = self.attention(batch.index(slice(i, i + 1)), cands[i : i + 1], side.row(i))[0]
+            rows.append(att if total is None else torch.where(total[i] > 0, shares[i], att))
+        return torch.stack(rows)
 
     def attention(
         self, batch: Batch, candidates: torch.Tensor, side: UserSide | None = None
@@ -502,7 +547,15 @@ class BST(ScoringModel):
 
     def _user_part(self, batch: Batch):
         u = self.user_vector(batch)
-        return self.mlp_user(u) if self.mlp_user is not None else None  # (B, H1)
+        if self.mlp_user is None:
+            return None
+        return self._per_row(self.mlp_user, u)  # (B, H1)
+
+    def _per_row(self, fn, x: torch.Tensor) -> torch.Tensor:
+        """fn(x) for a (B, ...) x, row by row when ``exact_rows``."""
+        if not self.exact_rows or len(x) == 1:
+            return fn(x)
+        return torch.cat([fn(x[i : i + 1]) for i in range(len(x))])
 
     def score_cached(
         self,
@@ -594,9 +647,9 @@ class BST(ScoringModel):
         u = side.states[:, -1].detach()  # (B, D) the tower read at the newest watch
         emb = self.tower.item_emb.weight.detach()
         if candidates is None:
-            dot = u @ emb[1:].T
+            dot = self._per_row(lambda r: r @ emb[1:].T, u)
         elif candidates.dim() == 1:
-            dot = u @ emb[candidates].T
+            dot = self._per_row(lambda r: r @ emb[candidates].T, u)
         else:
             dot = (u[:, None, :] * emb[candidates]).sum(-1)
         return self.dot_gate * dot
