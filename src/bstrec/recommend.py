@@ -34,8 +34,10 @@ SPACING_SECONDS = 60
 # few kB per user whatever the catalogue size). A request for more is computed on
 # demand and not kept. 50 is the deepest list the web page offers.
 KEEP_TOP = 50
-# At most this many queries share a forward pass (Recommender.rank): 8 rows cost 0.9 ms
-# a query, 16 rows 1.1 ms (larger products spill out of the CPU cache)
+# At most this many queries share a forward pass (Recommender.rank). Per query, with
+# 200 retrieved candidates: 2.1 ms alone, 1.0 ms in a stack of 4, 0.83 ms of 8, 0.79 ms
+# of 16 (benchmarks/batch_forward.py): little left to gain past 8, and every query of a
+# stack waits for the whole stack
 STACK_MAX = 8
 M = TypeVar("M", bound=Movie)
 
@@ -238,14 +240,17 @@ class Recommender:
         With retrieve-then-rank (``candidates``), queries of one depth are stacked, up
         to ``STACK_MAX``, into one forward pass: on a 200-candidate query most of the
         model's time is per-call overhead on small tensors, which a stack shares (8
-        rows: 0.9 ms a query instead of 2.5, benchmarks/batch_forward.py). A query's
+        rows: 0.83 ms a query instead of 2.1, benchmarks/batch_forward.py). A query's
         answer must not depend on what it was stacked with, and BLAS may pick other
         kernels for other shapes, so each stack shape is checked once, on its first
         stack: ranked together and one at a time, compared bit for bit (``exact``).
         A shape that changes any answer is ranked one query at a time from then on.
-        Kernels depend on shapes, not values, so one check stands for the shape.
-        Whole-catalogue queries are scored one at a time: a row is already a
-        catalogue-sized product, and stacking them saved nothing (same benchmark).
+        Kernels depend on shapes, not values, so one check stands for the shape; the
+        one value-dependent step, the reasons' attention pass, runs row by row
+        (``BST.explain``), and so do the per-user products whose kernel does change
+        with the number of rows (``BST.exact_rows``, set here). Whole-catalogue
+        queries are scored one at a time: a row is already a catalogue-sized product,
+        and stacks of them cost more per row, not less (same benchmark).
         A kept query's answer is remembered for ``cached``.
         """
         out: list[Ranked | None] = [None] * len(queries)
@@ -296,8 +301,16 @@ class Recommender:
             seen[i, torch.as_tensor(q.seen, dtype=torch.long)] = True
         side = self.model.user_side(batch)  # shared by retrieval, ranking, reasons
         m, depth = self._stack_key(qs[0])  # type: ignore[misc]
-        scores = retrieve_then_rank(self.model, batch, m, seen, side)[0]
-        tops = [self._top(scores[i], q.seen, depth) for i, q in enumerate(qs)]
+        scores = retrieve_then_rank(self.model, batch, m, seen, side)[0].masked_fill(
+            seen, float("-inf")
+        )
+        # every row's top at once; a row with fewer unseen movies keeps only those
+        top = scores.topk(min(depth, scores.shape[1]), dim=1)
+        unseen = torch.isfinite(scores).sum(1).tolist()
+        tops = [
+            (top.indices[i, : min(depth, n)], top.values[i, : min(depth, n)])
+            for i, n in enumerate(unseen)
+        ]
         if depth and all(len(idx) == depth for idx, _ in tops):
             picks = torch.stack([idx for idx, _ in tops])  # (B, depth)
             w = self.model.explain(batch, picks + 1, side=side)
