@@ -182,7 +182,9 @@ def test_a_stack_computes_each_query_s_own_answer(run_dir):
     assert rec.exact == {(len(queries), 6, 4): exact}, "the check saw what is so"
 
 
-def test_a_stack_shape_that_changes_an_answer_is_ranked_one_query_at_a_time(run_dir, monkeypatch):
+def test_a_stack_shape_that_changes_an_answer_is_ranked_one_query_at_a_time(
+    run_dir, monkeypatch, caplog
+):
     out, ds = run_dir
     rec = Recommender(load_run(out), candidates=6)
     queries = _stackable(rec, ds)
@@ -200,6 +202,7 @@ def test_a_stack_shape_that_changes_an_answer_is_ranked_one_query_at_a_time(run_
     for _ in range(2):
         assert all(_same(a, b) for a, b in zip(rec.rank(queries), alone, strict=True))
     assert rec.exact == {(len(queries), 6, 4): False} and rec.stacked == 0
+    assert "a stack of 6 queries (6 candidates, top 4) changed an answer" in caplog.text
     # checked once: the second time, the shape went straight to one query at a time
     assert stacks == [len(queries)] + [1] * len(queries) * 2
 

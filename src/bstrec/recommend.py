@@ -15,6 +15,7 @@ query's answer is the same bits whatever else was queued with it (see ``rank``).
 from __future__ import annotations
 
 import copy
+import logging
 import numbers
 from dataclasses import dataclass
 from typing import TypeVar
@@ -28,6 +29,8 @@ from bstrec.results import Movie, Reason, Recommendation, Recommendations, Watch
 from bstrec.retrieval import SERVE_MIN_ITEMS, retrieval_size, retrieve_then_rank
 from bstrec.run_dir import LoadedRun
 from bstrec.values import iso_time, plain, plain_id
+
+log = logging.getLogger(__name__)
 
 SPACING_SECONDS = 60
 # Known users' answers are kept to this depth (top picks, their scores and reasons, a
@@ -288,6 +291,11 @@ class Recommender:
             alone = [self._rank_stack([q])[0] for q in qs]
             exact = self.exact[shape] = all(map(_same, together, alone))
             if not exact:
+                log.warning(
+                    "a stack of %d queries (%d candidates, top %d) changed an answer in the "
+                    "last bits on this machine: such stacks are ranked one query at a time",
+                    *shape,
+                )
                 return alone
         self.stacked += len(qs)
         return together
