@@ -1,0 +1,80 @@
+"""The model threads' turns, with a stand-in for the Recommender: what queued up is
+ranked in one call, and one bad query does not fail the queries stacked with it."""
+
+from __future__ import annotations
+
+import threading
+from types import SimpleNamespace
+
+import pytest
+
+from bstrec.recommend import STACK_MAX
+from bstrec.serve.worker import ModelWorkers, WorkerSettings
+
+
+class Stand:
+    """Ranks string queries; a stack with "bad" in it fails, as does "bad" alone. The
+    query "hold" keeps the model thread busy until ``go`` is set."""
+
+    ds = SimpleNamespace(n_users=0)
+    keep_top = 1
+
+    def __init__(self):
+        self.calls: list[list[str]] = []
+        self.holding, self.go = threading.Event(), threading.Event()
+
+    def rank(self, queries):
+        if queries == ["hold"]:
+            self.holding.set()
+            self.go.wait(10)
+            return ["held"]
+        self.calls.append(list(queries))
+        if "bad" in queries:
+            raise ValueError("a bad query")
+        return [f"answer to {q}" for q in queries]
+
+
+def _answers(jobs):
+    out = []
+    for job in jobs:
+        try:
+            out.append(job.future.result(timeout=10))
+        except ValueError as e:
+            out.append(f"error: {e}")
+    return out
+
+
+def test_a_turn_takes_what_queued_up_and_one_bad_query_fails_alone():
+    rec = Stand()
+    workers = ModelWorkers(rec, WorkerSettings(), say=lambda _line: None).start()
+    try:
+        held = workers.submit("hold")
+        assert rec.holding.wait(10)  # the model thread is busy: the rest queue up
+        jobs = [workers.submit(q) for q in ("a", "bad", "c")]
+        more = [workers.submit(f"q{i}") for i in range(STACK_MAX + 2)]
+        rec.go.set()
+        answers = _answers(jobs + more)
+        assert held.future.result(timeout=10) == "held"
+    finally:
+        workers.stop()
+    assert answers[:3] == ["answer to a", "error: a bad query", "answer to c"]
+    assert answers[3:] == [f"answer to q{i}" for i in range(STACK_MAX + 2)]
+    # the first turn: the first STACK_MAX queries in one call, which failed, then each
+    # alone; the next turn: the rest, in one call
+    first = ["a", "bad", "c", *[f"q{i}" for i in range(STACK_MAX - 3)]]
+    assert rec.calls[0] == first
+    assert rec.calls[1 : 1 + STACK_MAX] == [[q] for q in first]
+    assert rec.calls[1 + STACK_MAX :] == [[f"q{i}" for i in range(STACK_MAX - 3, STACK_MAX + 2)]]
+    assert workers.largest_turn == STACK_MAX
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_a_lone_request_is_not_held_back_for_others(n):
+    rec = Stand()
+    workers = ModelWorkers(rec, WorkerSettings(), say=lambda _line: None).start()
+    try:
+        for i in range(n):
+            assert workers.submit(f"q{i}").future.result(timeout=10) == f"answer to q{i}"
+    finally:
+        workers.stop()
+    assert rec.calls == [[f"q{i}"] for i in range(n)]  # one at a time: nothing waited
