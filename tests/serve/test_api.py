@@ -25,6 +25,13 @@ def test_health_names_model_and_sizes(client):
     assert h["data_set"] == "tiny" and h["n_users"] == 40 and h["n_movies"] == 40
     assert h["user_features"] == {"age": ["0", "1", "2"], "gender": ["F", "M"]}
     assert h["candidates"] == 0  # 40 movies: the head ranks them all
+    # whole-catalogue queries are ranked one at a time: nothing stacked, nothing checked
+    assert h["stacking"] == {
+        "max_queries": 1,
+        "shapes_checked": 0,
+        "shapes_exact": 0,
+        "stacked_answers": 0,
+    }
 
 
 def test_health_says_how_many_candidates_a_retrieving_server_ranks(tiny_run):

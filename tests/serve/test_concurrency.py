@@ -120,6 +120,7 @@ def test_concurrent_answers_equal_sequential_ones(tiny_run, monkeypatch, threads
             time.sleep(0.05)
         assert workers.progress.complete and rec.n_kept == 40
         again = _send_all(base, reqs, clients=8)
+        stacking = httpx.get(base + "/health").json()["stacking"]
 
     assert concurrent == sequential
     assert again == sequential
@@ -131,3 +132,10 @@ def test_concurrent_answers_equal_sequential_ones(tiny_run, monkeypatch, threads
         # retrieve-then-rank stacks them into one forward pass: every shape was checked
         # once against one query at a time, and the exact ones answered from the stack
         assert rec.exact and (rec.stacked > 0) == any(rec.exact.values())
+        # and /health says so
+        assert stacking == {
+            "max_queries": 8,
+            "shapes_checked": len(rec.exact),
+            "shapes_exact": sum(rec.exact.values()),
+            "stacked_answers": rec.stacked,
+        }

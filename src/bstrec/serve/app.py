@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bstrec.data.interactions import DataError
-from bstrec.recommend import Ranked, Recommender, UnknownIdError
+from bstrec.recommend import STACK_MAX, Ranked, Recommender, UnknownIdError
 from bstrec.results import Movie, Recommendation, Watched
 from bstrec.serve.labels import choices, feature_label
 from bstrec.serve.worker import ModelWorkers, WorkerSettings
@@ -117,6 +117,20 @@ class Precompute(BaseModel):
     seconds: float = Field(description="since it started (until it finished)")
 
 
+class Stacking(BaseModel):
+    """Requests that shared a forward pass (``Recommender.rank``)."""
+
+    max_queries: int = Field(description="most queries ranked in one pass")
+    shapes_checked: int = Field(
+        description="stack shapes checked against one query at a time, bit for bit"
+    )
+    shapes_exact: int = Field(
+        description="of those, the shapes that gave every query its own answer (the "
+        "others are ranked one query at a time)"
+    )
+    stacked_answers: int = Field(description="answers that came from a stack of several")
+
+
 class Health(BaseModel):
     status: str
     run: str = Field(description="run folder name")
@@ -140,6 +154,7 @@ class Health(BaseModel):
         "age groups youngest first); send the value"
     )
     precompute: Precompute
+    stacking: Stacking
 
 
 FeatureValue = int | Annotated[str, Field(max_length=64)]
@@ -368,6 +383,12 @@ class Service:
                 "users_total": p.total if p.enabled else ds.n_users,
                 "keep_top": self.rec.keep_top,
                 "seconds": round(p.seconds, 2),
+            },
+            "stacking": {
+                "max_queries": STACK_MAX if self.rec.candidates else 1,
+                "shapes_checked": len(exact := dict(self.rec.exact)),
+                "shapes_exact": sum(exact.values()),
+                "stacked_answers": self.rec.stacked,
             },
         }
 
