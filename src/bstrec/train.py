@@ -179,6 +179,12 @@ class _Loop:
         t = self.cfg.train
         return min(t.epochs, t.stop_after_epochs) if t.stop_after_epochs > 0 else t.epochs
 
+    def patience_armed(self, st: LoopState) -> bool:
+        """Whether a validation without improvement counts towards patience yet
+        (``train.patience_from``)."""
+        t = self.cfg.train
+        return st.step >= t.patience_from * t.epochs * self.steps_per_epoch
+
     def run(self, st: LoopState) -> None:
         cfg = self.cfg
         n_epochs = self.train_epochs
@@ -281,7 +287,7 @@ class _Loop:
             tr.keep_best()
             if ctx.is_main:
                 save_model(self.out, tr.model, cfg, self.cat)
-        else:
+        elif self.patience_armed(st):  # only validations from patience_from on count
             st.bad_evals += 1
         self.log(describe(rec, improved))
         self.progress.set_description("training")

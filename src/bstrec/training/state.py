@@ -23,6 +23,7 @@ RESUMABLE_CHANGES = {
     "train.epochs",
     "train.stop_after_epochs",
     "train.patience",
+    "train.patience_from",
     "train.max_minutes",
     "train.checkpoint_every_steps",
     "train.device",
