@@ -110,14 +110,14 @@ def fold_in(
     # weights by age among the history's positions (newest last), 0 where unrated
     seq_len = rated.shape[1]
     age = torch.arange(seq_len - 1, -1, -1, device=rated.device, dtype=rated.dtype)
-    w = rated * FOLD_IN_DECAY**age  # (B, L)
-    resid = (stars - mean - item_bias[batch.hist_item]) * rated  # (B, L)
+    w = rated * FOLD_IN_DECAY**age  # (B, L): every sum below is weighted by it
+    resid = stars - mean - item_bias[batch.hist_item]  # (B, L)
     user_bias = (w * resid).sum(1) / (w.sum(1) + USER_BIAS_SHRINK)  # (B,)
     if factors is None:
         return user_bias, None
-    q = factors[batch.hist_item] * rated[..., None]  # (B, L, k)
+    q = factors[batch.hist_item]  # (B, L, k)
     k = q.shape[-1]
-    qw = q * w[..., None]
+    qw = q * w[..., None]  # zero where unrated: the Gram matrix and rhs skip those
     gram = qw.transpose(1, 2) @ q + ridge * torch.eye(k, device=q.device)  # (B, k, k)
     rhs = qw.transpose(1, 2) @ (resid - user_bias[:, None])[..., None]  # (B, k, 1)
     return user_bias, spd_solve(gram, rhs).squeeze(-1)  # (B,), (B, k)
