@@ -500,9 +500,6 @@ class BST(ScoringModel):
             if bool((total > 0).all()):
                 return shares  # the usual case in serving: the attention pass is not needed
             need = (total <= 0).flatten(1).any(1).tolist()
-        if b == 1:
-            att = self.attention(batch, candidates, side)
-            return att if total is None else torch.where(total > 0, shares, att)
         # the attention pass row by row: a row's reasons must not depend on the rows
         # stacked with it (a stacked pass may run other kernels: Recommender.rank)
         side = side or self.user_side(batch)
