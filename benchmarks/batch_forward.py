@@ -51,7 +51,7 @@ def main() -> int:
     import numpy as np
     import torch
 
-    from bstrec.recommend import Recommender
+    from bstrec.recommend import Recommender, _same
     from bstrec.retrieval import DEFAULT_CANDIDATES
     from bstrec.run_dir import load_run
 
@@ -98,12 +98,6 @@ def main() -> int:
                 {**common, "candidates": rec.candidates},
             )
     return 0
-
-
-def _same(a, b) -> bool:
-    from bstrec.recommend import _same as same
-
-    return same(a, b)
 
 
 def _emit(path: str, rows: int, stacked: float, alone: float, equal: bool, common: dict):

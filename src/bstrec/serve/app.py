@@ -356,6 +356,7 @@ class Service:
         run = self.rec.run
         ds = self.rec.ds
         p = self.workers.progress
+        exact = dict(self.rec.exact)  # a copy: model threads may add a shape meanwhile
         return {
             "status": "ok",
             "run": run.path.name,
@@ -386,7 +387,7 @@ class Service:
             },
             "stacking": {
                 "max_queries": STACK_MAX if self.rec.candidates else 1,
-                "shapes_checked": len(exact := dict(self.rec.exact)),
+                "shapes_checked": len(exact),
                 "shapes_exact": sum(exact.values()),
                 "stacked_answers": self.rec.stacked,
             },
