@@ -39,7 +39,8 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 # issue 11: (phase, statistic, at most), for 8 clients, 0 errors
 TARGETS = [
     ("history", "p50_ms", 20.0),
@@ -150,17 +151,83 @@ def wait_ready(http, proc: subprocess.Popen, timeout: float = 600) -> dict:
 
 
 def run_load(
-    base: str, requests: list[tuple], clients: int, deadline: float, answers: dict | None = None
+    base: str,
+    requests: list[tuple],
+    clients: int,
+    deadline: float,
+    answers: dict | None = None,
+    client: str = "raw",
 ) -> dict:
-    """Send `requests` from `clients` threads, closed loop; latencies in ms. With
-    `answers`, each 200 answer's JSON is stored under its request."""
+    """Send `requests` from `clients` connections, closed loop; latencies in ms. With
+    `answers`, each 200 answer's JSON is stored under its request. `client`: "raw"
+    (keep-alive sockets in one event loop, loadgen.py) or "httpx" (a client a thread).
+    The CPU this process spent a request is reported as `client_cpu_ms`: on a 2-core
+    machine it is taken from the server."""
+    send = _send_raw if client == "raw" else _send_httpx
+    # done: [(request, ms, JSON, error, Server-Timing)]; CPU from the start signal on
+    done, wall, client_cpu = send(base, requests, clients, deadline)
+    lat: list[float] = []
+    server: dict[str, list[float]] = {"queue": [], "model": []}  # Server-Timing, ms
+    errors: list[str] = []
+    for req, ms, body, err, timing in done:
+        lat.append(ms)
+        if err is None and not (body or {}).get("picks"):
+            err = f"no picks: {str(body)[:200]}"
+        if err:
+            errors.append(err)
+            continue
+        if answers is not None:
+            answers[_key(req)] = body
+        for name, dur in timing.items():
+            server.setdefault(name, []).append(dur)
+    lat.sort()
+    return {
+        "requests": len(lat),
+        "errors": len(errors) + (len(requests) - len(lat)),
+        "p50_ms": round(percentile(lat, 50), 2),
+        "p90_ms": round(percentile(lat, 90), 2),
+        "p99_ms": round(percentile(lat, 99), 2),
+        "max_ms": round(lat[-1], 2) if lat else None,
+        "rps": round(len(lat) / wall, 1),
+        "wall_s": round(wall, 2),
+        # where the time went, server side: waiting for the model, and in it
+        "queue_p50_ms": _p50(server["queue"]),
+        "model_p50_ms": _p50(server["model"]),
+        "client": client,
+        "client_cpu_ms": round(1e3 * client_cpu / max(len(lat), 1), 3),
+        "first_error": errors[0] if errors else None,
+    }
+
+
+def _send_raw(base: str, requests: list[tuple], clients: int, deadline: float):
+    if str(HERE) not in sys.path:  # imported as benchmarks.serve
+        sys.path.insert(0, str(HERE))
+    from loadgen import Load
+
+    host, port = base.removeprefix("http://").split(":")
+    cpu0 = time.process_time()
+    load = Load(host, int(port), clients, deadline).run(requests)
+    cpu = time.process_time() - cpu0
+    done = []
+    for o in load.outcomes:
+        if o.error is not None:
+            done.append((o.request, o.ms, None, o.error, {}))
+            continue
+        a = o.answer
+        if a.status != 200:
+            done.append((o.request, o.ms, None, f"{a.status} {a.body[:200]!r}", {}))
+            continue
+        timing = parse_server_timing(a.headers.get("server-timing", ""))
+        done.append((o.request, o.ms, a.json(), None, timing))
+    return done, load.wall_s, cpu
+
+
+def _send_httpx(base: str, requests: list[tuple], clients: int, deadline: float):
     from contextlib import closing
 
     import httpx
 
-    lat: list[float] = []
-    server = {"queue": [], "model": []}  # from the Server-Timing header, ms
-    errors: list[str] = []
+    done = []
     lock = threading.Lock()
     todo = iter(requests)
     # Clients are made and connected before the clock starts: making an httpx client
@@ -184,44 +251,25 @@ def run_load(
                 try:
                     r = http.request(method, path, json=body)
                     ms = (time.perf_counter() - t) * 1e3
-                    ok = r.status_code == 200 and r.json().get("picks")
-                    err = None if ok else f"{r.status_code} {r.text[:200]}"
-                    if ok and answers is not None:
-                        answers[_key(req)] = r.json()
+                    if r.status_code == 200:
+                        timing = parse_server_timing(r.headers.get("server-timing", ""))
+                        out = (req, ms, r.json(), None, timing)
+                    else:
+                        out = (req, ms, None, f"{r.status_code} {r.text[:200]}", {})
                 except httpx.HTTPError as e:
                     ms = (time.perf_counter() - t) * 1e3
-                    err = f"{type(e).__name__}: {e}"
-                timing = parse_server_timing(r.headers.get("server-timing", "")) if not err else {}
+                    out = (req, ms, None, f"{type(e).__name__}: {e}", {})
                 with lock:
-                    lat.append(ms)
-                    for name, dur in timing.items():
-                        server.setdefault(name, []).append(dur)
-                    if err:
-                        errors.append(err)
+                    done.append(out)
 
     threads = [threading.Thread(target=client, args=(http,)) for http in https]
     for th in threads:
         th.start()
     go.wait()
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     for th in threads:
         th.join()
-    wall = time.perf_counter() - t0
-    lat.sort()
-    return {
-        "requests": len(lat),
-        "errors": len(errors) + (len(requests) - len(lat)),
-        "p50_ms": round(percentile(lat, 50), 2),
-        "p90_ms": round(percentile(lat, 90), 2),
-        "p99_ms": round(percentile(lat, 99), 2),
-        "max_ms": round(lat[-1], 2) if lat else None,
-        "rps": round(len(lat) / wall, 1),
-        "wall_s": round(wall, 2),
-        # where the time went, server side: waiting for the model, and in it
-        "queue_p50_ms": _p50(server["queue"]),
-        "model_p50_ms": _p50(server["model"]),
-        "first_error": errors[0] if errors else None,
-    }
+    return done, time.perf_counter() - t0, time.process_time() - cpu0
 
 
 def _key(req: tuple) -> str:
@@ -267,6 +315,13 @@ def main() -> int:
         help="the server's --candidates (retrieve-then-rank)",
     )
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--client",
+        choices=("raw", "httpx"),
+        default="raw",
+        help="load generator: keep-alive sockets in one event loop (loadgen.py), or one "
+        "httpx client a thread (before 2026-11-30; about 1 ms of CPU a request more)",
+    )
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
     import httpx
@@ -325,7 +380,7 @@ def main() -> int:
             during_users = rng.sample(late, min(len(late), n_during))
             during = [("GET", f"/users/{u}/recommendations?k={args.k}", None) for u in during_users]
             first: dict = {}
-            res = run_load(base, during, args.clients, deadline, first)
+            res = run_load(base, during, args.clients, deadline, first, args.client)
             done = http.get("/health").json()["precompute"]
             res["users_precomputed_after"] = done["users_done"]
             results["known-user-during-precompute"] = res
@@ -343,7 +398,7 @@ def main() -> int:
 
             # the same requests again, now from the kept answers: the same JSON?
             again: dict = {}
-            run_load(base, during, args.clients, deadline, again)
+            run_load(base, during, args.clients, deadline, again, args.client)
             mismatched = sum(first[k] != again.get(k) for k in first)
             results["known-user-during-precompute"]["answers_differ"] = mismatched
             results["known-user-during-precompute"]["errors"] += mismatched
@@ -372,12 +427,21 @@ def main() -> int:
             ("mixed", mixed_reqs[::-1]),
         ):
             warm, rest = reqs[: 2 * args.clients], reqs[2 * args.clients :]
-            run_load(base, warm, args.clients, deadline)  # connections, first-call costs
+            run_load(
+                base, warm, args.clients, deadline, client=args.client
+            )  # connections, first-call costs
             batch, rest = rest[: args.single], rest[args.single :]
-            emit(bench="serve", kind=kind, clients=1, **run_load(base, batch, 1, deadline))
+            emit(
+                bench="serve",
+                kind=kind,
+                clients=1,
+                **run_load(base, batch, 1, deadline, client=args.client),
+            )
             runs = []
             for i in range(args.repeat):  # the same requests each time
-                res = run_load(base, rest[: args.requests], args.clients, deadline)
+                res = run_load(
+                    base, rest[: args.requests], args.clients, deadline, client=args.client
+                )
                 runs.append(res)
                 emit(bench="serve", kind=kind, clients=args.clients, run=i + 1, **res)
             results[kind] = median_of(runs)
@@ -422,7 +486,16 @@ def main() -> int:
 def median_of(runs: list[dict]) -> dict:
     """Per statistic, the median over runs; errors add up."""
     out = {}
-    for key in ("p50_ms", "p90_ms", "p99_ms", "max_ms", "rps", "queue_p50_ms", "model_p50_ms"):
+    for key in (
+        "p50_ms",
+        "p90_ms",
+        "p99_ms",
+        "max_ms",
+        "rps",
+        "queue_p50_ms",
+        "model_p50_ms",
+        "client_cpu_ms",
+    ):
         values = sorted(r[key] for r in runs if r.get(key) is not None)
         out[key] = values[len(values) // 2] if values else None
     out["errors"] = sum(r["errors"] for r in runs)

@@ -175,7 +175,7 @@ def test_untrained_bst_ranks_as_its_wide_part_and_learns_from_there():
         ds.user,
         sp.train_rows(ds.user_offsets),
         ds.n_items,
-        CooccurrenceParams(window=2, last_n=3, decay=0.5, alpha=0.25),
+        CooccurrenceParams(window=2, last_n=3, decay=0.5, alpha=0.25, history_alpha=0.5),
     )
     model.wide.load_state_dict(cooc.scorer.state_dict())
     batch = store.batch_for_targets(torch.from_numpy(sp.targets("test")), 6)

@@ -64,7 +64,7 @@ def test_pair_lookup_and_full_rows_agree():
     ds = tiny_dataset()
     sp = leave_one_out(ds)
     params = CooccurrenceParams(
-        window=3, symmetric=True, pair_decay=0.7, last_n=4, decay=0.6, alpha=0.25
+        window=3, symmetric=True, pair_decay=0.7, last_n=4, decay=0.6, alpha=0.25, history_alpha=0.5
     )
     model = fit_cooccurrence(ds.item, ds.user, sp.train_rows(ds.user_offsets), ds.n_items, params)
     store = SequenceStore(ds)
@@ -76,7 +76,11 @@ def test_pair_lookup_and_full_rows_agree():
     hist = batch.hist_item[0].tolist()[::-1][:4]  # newest first
     pop = np.bincount(ds.item[sp.train_rows(ds.user_offsets)] + 1, minlength=ds.n_items + 1)
     for c in (1, 5, 9):
-        raw = sum(0.6**j * counts.get((h, c), 0.0) for j, h in enumerate(hist) if h > 0)
+        raw = sum(
+            0.6**j / max(pop[h], 1) ** 0.5 * counts.get((h, c), 0.0)
+            for j, h in enumerate(hist)
+            if h > 0
+        )
         want = raw / max(pop[c], 1) ** 0.25 + 1e-6 * pop[c] / pop.max()
         assert model.score_all(batch)[0, c - 1].item() == pytest.approx(want, rel=1e-5)
 
@@ -86,8 +90,11 @@ def test_self_count_removes_exactly_the_training_targets_own_pairs():
     without that target's pairs: the statistic validation and test targets get."""
     ds = tiny_dataset(n_users=10, n_items=12, per_user=10)
     sp = leave_one_out(ds)
-    params = CooccurrenceParams(window=3, symmetric=True, pair_decay=0.5, last_n=5, decay=0.7)
+    params = CooccurrenceParams(
+        window=3, symmetric=True, pair_decay=0.5, last_n=5, decay=0.7, history_alpha=0.75
+    )
     model = fit_cooccurrence(ds.item, ds.user, sp.train_rows(ds.user_offsets), ds.n_items, params)
+    pop = model.scorer.popularity
     store = SequenceStore(ds)
     rows = training_rows(ds, sp.train_end)
     batch = store.batch_for_targets(torch.from_numpy(rows), 8)
@@ -104,7 +111,9 @@ def test_self_count_removes_exactly_the_training_targets_own_pairs():
         hist = [h for h in batch.hist_item[i].tolist()[::-1][:5]]
         t = int(batch.target[i])
         want = sum(
-            0.7**j * (later.get((h, t), 0) - counts.get((h, t), 0) + without.get((h, t), 0))
+            0.7**j
+            / max(pop[h].item(), 1) ** 0.75
+            * (later.get((h, t), 0) - counts.get((h, t), 0) + without.get((h, t), 0))
             for j, h in enumerate(hist)
             if h > 0
         )
@@ -180,3 +189,23 @@ def test_pairs_counted_once_by_distance_give_every_grid_settings_counts():
                 np.testing.assert_array_equal(vals, want_vals)
     with pytest.raises(ValueError, match="counted up to 10 apart"):
         counted.combine(11, False, 1.0)
+
+
+def test_a_scorer_saved_before_history_alpha_loads_with_it_off():
+    ds = tiny_dataset()
+    sp = leave_one_out(ds)
+    params = CooccurrenceParams(window=2, last_n=3, decay=0.5, alpha=0.25)
+    model = fit_cooccurrence(ds.item, ds.user, sp.train_rows(ds.user_offsets), ds.n_items, params)
+    state = model.scorer.state_dict()
+    state["params"] = state["params"][:6]  # the layout of checkpoints before history_alpha
+    fresh = fit_cooccurrence(
+        ds.item,
+        ds.user,
+        sp.train_rows(ds.user_offsets),
+        ds.n_items,
+        CooccurrenceParams(history_alpha=1.0),
+    )
+    fresh.scorer.load_state_dict(state)
+    assert fresh.scorer.p == params
+    batch = SequenceStore(ds).batch_for_targets(torch.from_numpy(sp.targets("val")), 5)
+    torch.testing.assert_close(fresh.score_all(batch), model.score_all(batch))

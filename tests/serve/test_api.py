@@ -31,6 +31,8 @@ def test_health_names_model_and_sizes(client):
         "shapes_checked": 0,
         "shapes_exact": 0,
         "stacked_answers": 0,
+        "turns": 0,
+        "requests_served": 0,
     }
 
 

@@ -66,6 +66,8 @@ def test_a_turn_takes_what_queued_up_and_one_bad_query_fails_alone():
     assert rec.calls[1 : 1 + STACK_MAX] == [[q] for q in first]
     assert rec.calls[1 + STACK_MAX :] == [[f"q{i}" for i in range(STACK_MAX - 3, STACK_MAX + 2)]]
     assert workers.largest_turn == STACK_MAX
+    # the held one's turn, the full turn and the rest's: 3 turns for every request
+    assert (workers.turns, workers.served) == (3, 1 + 3 + STACK_MAX + 2)
 
 
 @pytest.mark.parametrize("n", [1, 3])
@@ -78,3 +80,4 @@ def test_a_lone_request_is_not_held_back_for_others(n):
     finally:
         workers.stop()
     assert rec.calls == [[f"q{i}"] for i in range(n)]  # one at a time: nothing waited
+    assert (workers.turns, workers.served) == (n, n)

@@ -129,6 +129,10 @@ class Stacking(BaseModel):
         "others are ranked one query at a time)"
     )
     stacked_answers: int = Field(description="answers that came from a stack of several")
+    turns: int = Field(description="turns of the model threads that served requests")
+    requests_served: int = Field(
+        description="requests those turns served (over turns: how many shared a turn)"
+    )
 
 
 class Health(BaseModel):
@@ -390,6 +394,8 @@ class Service:
                 "shapes_checked": len(exact),
                 "shapes_exact": sum(exact.values()),
                 "stacked_answers": self.rec.stacked,
+                "turns": self.workers.turns,
+                "requests_served": self.workers.served,
             },
         }
 

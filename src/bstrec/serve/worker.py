@@ -96,6 +96,7 @@ class ModelWorkers:
         self.requests: queue.Queue[Job | None] = queue.Queue()
         self.max_waiting = 0  # the longest queue seen (tests/serve/test_concurrency.py)
         self.largest_turn = 0  # the most requests served in one turn (a statistic)
+        self.turns = self.served = 0  # turns that served requests, and the requests
         self._plan_lock = threading.Lock()
         self._plan: Iterator[int] | None = None
         self._in_flight = 0  # precompute users being ranked right now
@@ -182,7 +183,9 @@ class ModelWorkers:
                 self.requests.put(None)
                 break
             jobs.append(nxt)
-        self.largest_turn = max(self.largest_turn, len(jobs))  # a statistic
+        self.largest_turn = max(self.largest_turn, len(jobs))  # statistics
+        self.turns += 1
+        self.served += len(jobs)
         return jobs
 
     def _serve(self, jobs: list[Job]) -> None:
