@@ -20,9 +20,14 @@ phase runs --repeat times, then a line with the medians); then one line per targ
 issue 11 with its figure, and a summary.
 
     python benchmarks/serve.py RUN_DIR [--clients 8] [--requests 400] [--model-threads 1]
+        [--client raw|httpx]
 
 The clients run in this process, on the same cores as the server: on a 2-core machine
-their CPU time is part of the cost measured.
+their CPU time is part of the cost measured, and each line says how much
+(`client_cpu_ms`, this process's CPU a request). By default they are keep-alive
+sockets in one event loop (`loadgen.py`, about 0.15 ms a request); `--client httpx`
+is the generator of before 2026-11-30, one httpx client a thread (about 1 to 1.5 ms a
+request, and a GIL shared by 8 threads).
 """
 
 from __future__ import annotations
