@@ -28,6 +28,7 @@ from bstrec.data.interactions import DataError
 from bstrec.results import Movie, Reason, Recommendation, Recommendations, Watched
 from bstrec.retrieval import SERVE_MIN_ITEMS, retrieval_size, retrieve_then_rank
 from bstrec.run_dir import LoadedRun
+from bstrec.traced_pass import TracedPasses, traceable
 from bstrec.values import iso_time, plain, plain_id
 
 log = logging.getLogger(__name__)
@@ -99,10 +100,12 @@ class Recommender:
         explain_top: int = 3,
         keep_top: int = KEEP_TOP,
         candidates: int | None = None,
+        trace: bool = True,
     ):
         """``candidates``: retrieve-then-rank with that many candidates per request (0:
         score the whole catalogue; None: 200 above ``retrieval.SERVE_MIN_ITEMS``, 2,000
-        movies, where the model has a cheap stage)."""
+        movies, where the model has a cheap stage). ``trace``: run that pass as a traced
+        graph where it reproduces the eager one bit for bit (traced_pass.py)."""
         if keep_top < 1:
             raise ValueError(f"keep_top must be at least 1, not {keep_top}")
         self.run = run
@@ -120,6 +123,8 @@ class Recommender:
             self.model.freeze_catalog()  # the candidate side is the same for every request
         if hasattr(self.model, "exact_rows"):
             self.model.exact_rows = True  # a row's bits must not depend on its stack (rank)
+        use_trace = trace and self.candidates and traceable(self.model)
+        self.traced = TracedPasses(self.model) if use_trace else None
         ds = run.dataset
         self.ds = ds
         self.max_len = run.config.data.max_len
@@ -271,6 +276,20 @@ class Recommender:
                 self._kept[q.user] = ranked  # one dict store: safe for readers
         return out  # type: ignore[return-value]
 
+    def warm_one(self) -> bool:
+        """Trace the next stack size (1 to ``STACK_MAX`` rows) not traced yet, by ranking
+        that many known users (their answers are kept); False when there is none. The
+        server's model threads call this while no request waits, so that a request
+        never waits for a trace (~0.1 s each)."""
+        if self.traced is None:
+            return False
+        retrieved = max(self.candidates, self.keep_top)
+        for rows in range(1, min(STACK_MAX, self.ds.n_users) + 1):
+            if (rows, retrieved) not in self.traced.graphs:
+                self.rank(self.user_queries(list(range(rows))))
+                return True
+        return False
+
     def _stack_key(self, q: Query) -> tuple[int, int] | None:
         """Queries with the same key may share a forward pass (None: never)."""
         if not self.candidates:
@@ -307,11 +326,13 @@ class Recommender:
         seen = torch.zeros(len(qs), self.ds.n_items, dtype=torch.bool)
         for i, q in enumerate(qs):
             seen[i, torch.as_tensor(q.seen, dtype=torch.long)] = True
-        side = self.model.user_side(batch)  # shared by retrieval, ranking, reasons
         m, depth = self._stack_key(qs[0])  # type: ignore[misc]
-        scores = retrieve_then_rank(self.model, batch, m, seen, side)[0].masked_fill(
-            seen, float("-inf")
-        )
+        if self.traced is not None:  # one graph: the GIL taken once (traced_pass.py)
+            scores, side = self.traced.run(batch, seen, m)
+        else:
+            side = self.model.user_side(batch)  # shared by retrieval, ranking, reasons
+            scores = retrieve_then_rank(self.model, batch, m, seen, side)[0]
+        scores = scores.masked_fill(seen, float("-inf"))
         # every row's top at once; a row with fewer unseen movies keeps only those
         top = scores.topk(min(depth, scores.shape[1]), dim=1)
         unseen = torch.isfinite(scores).sum(1).tolist()

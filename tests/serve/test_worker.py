@@ -4,6 +4,7 @@ ranked in one call, and one bad query does not fail the queries stacked with it.
 from __future__ import annotations
 
 import threading
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -81,3 +82,20 @@ def test_a_lone_request_is_not_held_back_for_others(n):
         workers.stop()
     assert rec.calls == [[f"q{i}"] for i in range(n)]  # one at a time: nothing waited
     assert (workers.turns, workers.served) == (n, n)
+
+
+def test_the_model_threads_warm_up_between_requests_until_there_is_nothing_left():
+    rec = Stand()
+    warmed = []
+    rec.warm_one = lambda: warmed.append(1) or len(warmed) < 3  # 2 steps, then done
+    workers = ModelWorkers(rec, WorkerSettings(), say=lambda _line: None).start()
+    try:
+        assert workers.submit("q").future.result(timeout=10) == "answer to q"
+        for _ in range(100):
+            if len(warmed) >= 3:
+                break
+            time.sleep(0.01)
+        time.sleep(0.1)  # idle turns after the last step: no more calls
+    finally:
+        workers.stop()
+    assert len(warmed) == 3

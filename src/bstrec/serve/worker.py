@@ -97,6 +97,8 @@ class ModelWorkers:
         self.max_waiting = 0  # the longest queue seen (tests/serve/test_concurrency.py)
         self.largest_turn = 0  # the most requests served in one turn (a statistic)
         self.turns = self.served = 0  # turns that served requests, and the requests
+        self._warmed = False  # every traced shape made (Recommender.warm_one)
+        self._warm_lock = threading.Lock()
         self._plan_lock = threading.Lock()
         self._plan: Iterator[int] | None = None
         self._in_flight = 0  # precompute users being ranked right now
@@ -162,7 +164,7 @@ class ModelWorkers:
             try:
                 job = self.requests.get_nowait()
             except queue.Empty:
-                if self._precompute_one():
+                if self._warm_one() or self._precompute_one():
                     continue
                 try:
                     job = self.requests.get(timeout=POLL_S)
@@ -208,6 +210,21 @@ class ModelWorkers:
                 ranked = answers[i]
             job.finished = time.perf_counter()
             job.future.set_result(ranked)
+
+    def _warm_one(self) -> bool:
+        """One step of the model's warm-up (``Recommender.warm_one``: a traced pass per
+        stack size), between requests; False when there is nothing left to warm."""
+        warm = getattr(self.rec, "warm_one", None)
+        if warm is None or self._warmed:
+            return False
+        with self._warm_lock:  # one model thread warms a shape at a time
+            try:
+                did = warm()
+            except Exception:  # the traced pass is an optimisation: go on without it
+                log.exception("warm-up failed; serving goes on")
+                did = False
+        self._warmed = not did
+        return did
 
     def _precompute_one(self) -> bool:
         """Rank the next stack of known users not yet kept; False when there is none."""

@@ -1,0 +1,109 @@
+"""The traced serving pass: the same answers as the eager one, bit for bit, through
+the graph once a shape is traced, and eager again for a shape whose trace differs."""
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from bstrec.config import RunConfig
+from bstrec.recommend import Recommender
+from bstrec.run_dir import load_run
+from bstrec.train import train
+from tests.factories import tiny_dataset
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    ds = tiny_dataset()
+    cfg = RunConfig()
+    cfg.model.dim, cfg.model.heads, cfg.model.mlp = 16, 2, [16, 8]
+    cfg.train.epochs, cfg.train.batch_size, cfg.train.negatives = 2, 64, 8
+    cfg.train.progress = False
+    cfg.data.max_len = 5
+    out = tmp_path_factory.mktemp("run")
+    train(cfg, ds, out, log=lambda _m: None)
+    return out, ds
+
+
+def _queries(rec, ds, n, seed=0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        hist = rng.choice(ds.n_items, size=int(rng.integers(1, 8)), replace=False)
+        out.append(rec.history_query([int(ds.item_ids[i]) for i in hist], 4))
+    return out
+
+
+def _answers(rec, ranked):
+    return [
+        (r.items.tolist(), r.scores.tolist(), r.reason_items.tolist(), r.reason_weights.tolist())
+        for r in ranked
+    ]
+
+
+def test_traced_answers_equal_eager_ones_in_every_stack(run_dir):
+    out, ds = run_dir
+    traced = Recommender(load_run(out), candidates=6)
+    eager = Recommender(load_run(out), candidates=6, trace=False)
+    assert traced.traced is not None and eager.traced is None
+    for size in (1, 3, 8):
+        for seed in range(3):  # the first stack of a size traces it, the rest use it
+            qs = _queries(traced, ds, size, seed)
+            assert _answers(traced, traced.rank(qs)) == _answers(eager, eager.rank(qs))
+    graphs = traced.traced.graphs
+    assert {rows for rows, _ in graphs} == {1, 3, 8}
+    assert traced.traced.exact_shapes == len(graphs)  # every trace kept: exact here
+
+
+def test_a_traced_shape_runs_the_graph_not_the_python(run_dir, monkeypatch):
+    out, ds = run_dir
+    rec = Recommender(load_run(out), candidates=6)
+    rec.rank(_queries(rec, ds, 2))  # traces the 2-row shape
+    calls = []
+    real = rec.model.encode_history
+    monkeypatch.setattr(rec.model, "encode_history", lambda *a: calls.append(1) or real(*a))
+    rec.rank(_queries(rec, ds, 2, seed=1))
+    assert calls == []  # the history was encoded inside the graph
+    rec.rank(_queries(rec, ds, 4, seed=1))  # a new shape: checked against the eager pass
+    assert len(calls) >= 1
+
+
+def test_a_trace_that_changes_the_bits_is_dropped_for_its_shape(run_dir, monkeypatch, caplog):
+    out, ds = run_dir
+    rec = Recommender(load_run(out), candidates=6)
+    eager = Recommender(load_run(out), candidates=6, trace=False)
+    real_trace = torch.jit.trace
+
+    def off_by_one_ulp(module, args, **kw):
+        graph = real_trace(module, args, **kw)
+
+        def run(*a):
+            scores, *rest = graph(*a)
+            return (torch.nextafter(scores, torch.full_like(scores, np.inf)), *rest)
+
+        return run
+
+    monkeypatch.setattr(torch.jit, "trace", off_by_one_ulp)
+    with caplog.at_level(logging.WARNING, logger="bstrec.traced_pass"):
+        for seed in range(2):
+            qs = _queries(rec, ds, 3, seed)
+            assert _answers(rec, rec.rank(qs)) == _answers(eager, eager.rank(qs))
+    # the 3-row shape, and the 1-row one its stack check ranked alone, both dropped
+    assert rec.traced.graphs == {(3, 6): None, (1, 6): None}
+    assert "changed the scores in the last bits" in caplog.text
+
+
+def test_warm_up_traces_every_stack_size_once(run_dir):
+    from bstrec.recommend import STACK_MAX
+
+    out, _ = run_dir
+    rec = Recommender(load_run(out), candidates=6)
+    steps = 0
+    while rec.warm_one():
+        steps += 1
+    assert steps == STACK_MAX
+    assert sorted(rows for rows, _ in rec.traced.graphs) == list(range(1, STACK_MAX + 1))
+    assert not rec.warm_one()
+    assert not Recommender(load_run(out), candidates=6, trace=False).warm_one()
