@@ -84,18 +84,17 @@ def test_a_lone_request_is_not_held_back_for_others(n):
     assert (workers.turns, workers.served) == (n, n)
 
 
-def test_the_model_threads_warm_up_between_requests_until_there_is_nothing_left():
+def test_the_model_warms_up_before_the_first_request_until_there_is_nothing_left():
     rec = Stand()
     warmed = []
     rec.warm_one = lambda: warmed.append(1) or len(warmed) < 3  # 2 steps, then done
-    workers = ModelWorkers(rec, WorkerSettings(), say=lambda _line: None).start()
+    said = []
+    workers = ModelWorkers(rec, WorkerSettings(), say=said.append).start()
+    assert len(warmed) == 3  # done in start(), before any request is taken
+    assert said[0].startswith("warm-up: traced the model's pass for 2 stack sizes")
     try:
         assert workers.submit("q").future.result(timeout=10) == "answer to q"
-        for _ in range(100):
-            if len(warmed) >= 3:
-                break
-            time.sleep(0.01)
-        time.sleep(0.1)  # idle turns after the last step: no more calls
+        time.sleep(0.1)  # idle turns: no more warm-up calls
     finally:
         workers.stop()
     assert len(warmed) == 3

@@ -118,6 +118,16 @@ class ModelWorkers:
         if self._threads:
             return self
         self._stop.clear()
+        # the traced passes are made before the first request, not in its way (~0.1 s a
+        # stack size; Recommender.warm_one)
+        t0, steps = time.perf_counter(), 0
+        while self._warm_one():
+            steps += 1
+        if steps:
+            self.say(
+                f"warm-up: traced the model's pass for {steps} stack sizes in "
+                f"{time.perf_counter() - t0:.1f} s"
+            )
         if self.settings.precompute and self._plan is not None and not self.progress.done:
             self.say(
                 f"precompute: ranking {self.progress.total:,} known users in the "
@@ -213,7 +223,8 @@ class ModelWorkers:
 
     def _warm_one(self) -> bool:
         """One step of the model's warm-up (``Recommender.warm_one``: a traced pass per
-        stack size), between requests; False when there is nothing left to warm."""
+        stack size); False when there is nothing left to warm. ``start`` runs them all;
+        the model threads go on where it stopped (a warm-up step that failed)."""
         warm = getattr(self.rec, "warm_one", None)
         if warm is None or self._warmed:
             return False
