@@ -104,6 +104,7 @@ def start_server(
     precompute: bool,
     model_threads: int,
     candidates: int | None = None,
+    trace: bool = True,
 ) -> subprocess.Popen:
     cmd = [
         sys.executable,
@@ -123,6 +124,7 @@ def start_server(
         "--model-threads",
         str(model_threads),
         *(["--candidates", str(candidates)] if candidates is not None else []),
+        "--trace" if trace else "--no-trace",
     ]
     # this checkout's code, whatever copy of bstrec the environment has installed
     env = {
@@ -329,6 +331,11 @@ def main() -> int:
     )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
+        "--no-trace",
+        action="store_true",
+        help="the server's --no-trace: its pass run eagerly, as before 2026-11-30",
+    )
+    ap.add_argument(
         "--client",
         choices=("raw", "httpx"),
         default="raw",
@@ -358,7 +365,9 @@ def main() -> int:
     rng = random.Random(args.seed)
     load_before = [round(x, 2) for x in os.getloadavg()]
     launched = time.perf_counter()
-    proc = start_server(run, port, args.threads, True, args.model_threads, args.candidates)
+    proc = start_server(
+        run, port, args.threads, True, args.model_threads, args.candidates, not args.no_trace
+    )
     results: dict[str, dict] = {}
     try:
         with httpx.Client(base_url=base, timeout=30) as http:
@@ -375,6 +384,7 @@ def main() -> int:
                 note=note,
                 server_threads=args.threads,
                 model_threads=args.model_threads,
+                traced_pass=not args.no_trace,
                 keep_top=health["precompute"]["keep_top"],
                 clients=args.clients,
                 time_to_health_s=round(to_health, 2),

@@ -282,7 +282,7 @@ class Run:
     # ------------------------------------------------------------ recommendations
     def recommender(self, **settings):
         """The ``recommend.Recommender`` over this run with these ``settings``
-        (``keep_top``, ``candidates``, ``explain_top``; none: the defaults), built once
+        (``keep_top``, ``candidates``, ``explain_top``, ``trace``; none: the defaults), built once
         per settings and then reused with what it has kept."""
         from bstrec.recommend import Recommender
 

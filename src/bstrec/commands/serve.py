@@ -53,6 +53,12 @@ def serve(
         "only those (0: the whole catalogue; default: 200 above 2,000 movies, else 0)",
     ),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level"),
+    trace: bool = typer.Option(
+        True,
+        "--trace/--no-trace",
+        help="Run the retrieve-and-rank pass as a traced TorchScript graph where it gives "
+        "the eager pass's scores bit for bit (faster under load; traced at start-up)",
+    ),
     precompute: bool = typer.Option(
         True,
         "--precompute/--no-precompute",
@@ -84,7 +90,7 @@ def serve(
         from bstrec.serve.worker import WorkerSettings
 
         t0 = time.perf_counter()
-        rec = load_run(run_dir).recommender(keep_top=keep_top, candidates=candidates)
+        rec = load_run(run_dir).recommender(keep_top=keep_top, candidates=candidates, trace=trace)
         say(
             f"loaded {run_dir} in {time.perf_counter() - t0:.1f} s: {rec.ds.n_users:,} users, "
             f"{rec.ds.n_items:,} movies"
