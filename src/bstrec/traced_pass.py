@@ -16,6 +16,7 @@ fixes, so one check per shape holds for its later inputs too.
 from __future__ import annotations
 
 import logging
+import threading
 import warnings
 from dataclasses import fields
 
@@ -59,6 +60,8 @@ class TracedPasses:
     def __init__(self, model: nn.Module):
         self.model = model
         self.graphs: dict[tuple[int, int], torch.jit.ScriptModule | None] = {}
+        # one trace at a time: the warnings filter it sets is process-wide
+        self._tracing = threading.Lock()
 
     @property
     def exact_shapes(self) -> int:
@@ -70,7 +73,9 @@ class TracedPasses:
         args = (seen, *[getattr(batch, n) for n in _FIELDS])
         key = (len(batch), retrieved)
         if key not in self.graphs:
-            return self._first(key, args, retrieved)
+            with self._tracing:
+                if key not in self.graphs:  # another model thread may have just made it
+                    return self._first(key, args, retrieved)
         graph = self.graphs[key]
         out = graph(*args) if graph is not None else RankPass(self.model, retrieved)(*args)
         scores, mask, states, *flat = out
