@@ -209,3 +209,20 @@ def test_a_scorer_saved_before_history_alpha_loads_with_it_off():
     assert fresh.scorer.p == params
     batch = SequenceStore(ds).batch_for_targets(torch.from_numpy(sp.targets("val")), 5)
     torch.testing.assert_close(fresh.score_all(batch), model.score_all(batch))
+
+
+def test_history_weights_do_not_depend_on_the_rows_stacked_with_them():
+    """A served request's reasons must be the same alone or in a stack: a power taken
+    over the gathered (B, n) tokens gave some of them other last bits in a bigger
+    batch (vectorised and scalar pow differ)."""
+    from bstrec.models.cooccurrence import CooccurrenceScorer
+
+    torch.manual_seed(0)
+    n_items = 3000
+    scorer = CooccurrenceScorer(n_items, CooccurrenceParams(last_n=20, history_alpha=0.75))
+    scorer.popularity = torch.randint(1, 5000, (n_items + 1,)).float()
+    hist = torch.randint(1, n_items + 1, (8, 20))
+    last, w = scorer._weights(hist)
+    for i in range(8):
+        last_i, w_i = scorer._weights(hist[i : i + 1])
+        assert torch.equal(w_i[0], w[i]), f"row {i}"

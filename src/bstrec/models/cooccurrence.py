@@ -198,6 +198,7 @@ class CooccurrenceScorer(nn.Module):
         self.register_buffer("popularity", torch.zeros(n_items + 1))
         self.register_buffer("params", (params or CooccurrenceParams()).as_tensor())
         self._p: CooccurrenceParams | None = None
+        self._norm: tuple | None = None  # (key, popularity ** history_alpha)
 
     @property
     def p(self) -> CooccurrenceParams:
@@ -218,10 +219,10 @@ class CooccurrenceScorer(nn.Module):
 
     def set_params(self, params: CooccurrenceParams) -> None:
         self.params = params.as_tensor().to(self.params.device)
-        self._p = params
+        self._p, self._norm = params, None
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        self._p = None  # read the loaded params again
+        self._p, self._norm = None, None  # read the loaded params and popularity again
         old = state_dict.get(prefix + "params")
         if old is not None and old.numel() == 6:  # saved before history_alpha existed
             state_dict[prefix + "params"] = torch.cat([old, old.new_zeros(1)])
@@ -230,8 +231,18 @@ class CooccurrenceScorer(nn.Module):
     def _weights(self, hist_item: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         last, w = recent(hist_item, self.p.last_n, self.p.decay)  # (B, n) each
         if self.p.history_alpha:
-            w = w / self.popularity[last].clamp(min=1.0) ** self.p.history_alpha
+            w = w / self._history_norm()[last]
         return last, w
+
+    def _history_norm(self) -> torch.Tensor:
+        """popularity ** history_alpha of every token, computed once over the whole
+        vocabulary: a power over the gathered (B, n) tokens gave some tokens other last
+        bits when more rows were stacked (vectorised and scalar pow differ), so a
+        stacked request's reasons differed from its answer alone."""
+        key = (self.p.history_alpha, self.popularity.data_ptr(), self.popularity.device)
+        if self._norm is None or self._norm[0] != key:
+            self._norm = (key, self.popularity.clamp(min=1.0) ** self.p.history_alpha)
+        return self._norm[1]
 
     def contributions(self, hist_item: torch.Tensor, cands: torch.Tensor) -> torch.Tensor:
         """What each history position adds to each candidate's raw count: (B, C, L),
