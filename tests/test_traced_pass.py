@@ -45,7 +45,7 @@ def _answers(rec, ranked):
 
 def test_traced_answers_equal_eager_ones_in_every_stack(run_dir):
     out, ds = run_dir
-    traced = Recommender(load_run(out), candidates=6)
+    traced = Recommender(load_run(out), candidates=6, trace=True)
     eager = Recommender(load_run(out), candidates=6, trace=False)
     assert traced.traced is not None and eager.traced is None
     for size in (1, 3, 8):
@@ -59,7 +59,7 @@ def test_traced_answers_equal_eager_ones_in_every_stack(run_dir):
 
 def test_a_traced_shape_runs_the_graph_not_the_python(run_dir, monkeypatch):
     out, ds = run_dir
-    rec = Recommender(load_run(out), candidates=6)
+    rec = Recommender(load_run(out), candidates=6, trace=True)
     rec.rank(_queries(rec, ds, 2))  # traces the 2-row shape
     calls = []
     real = rec.model.encode_history
@@ -72,7 +72,7 @@ def test_a_traced_shape_runs_the_graph_not_the_python(run_dir, monkeypatch):
 
 def test_a_trace_that_changes_the_bits_is_dropped_for_its_shape(run_dir, monkeypatch, caplog):
     out, ds = run_dir
-    rec = Recommender(load_run(out), candidates=6)
+    rec = Recommender(load_run(out), candidates=6, trace=True)
     eager = Recommender(load_run(out), candidates=6, trace=False)
     real_trace = torch.jit.trace
 
@@ -99,7 +99,7 @@ def test_warm_up_traces_every_stack_size_once(run_dir):
     from bstrec.recommend import STACK_MAX
 
     out, _ = run_dir
-    rec = Recommender(load_run(out), candidates=6)
+    rec = Recommender(load_run(out), candidates=6, trace=True)
     steps = 0
     while rec.warm_one():
         steps += 1

@@ -100,12 +100,14 @@ class Recommender:
         explain_top: int = 3,
         keep_top: int = KEEP_TOP,
         candidates: int | None = None,
-        trace: bool = True,
+        trace: bool = False,
     ):
         """``candidates``: retrieve-then-rank with that many candidates per request (0:
         score the whole catalogue; None: 200 above ``retrieval.SERVE_MIN_ITEMS``, 2,000
         movies, where the model has a cheap stage). ``trace``: run that pass as a traced
-        graph where it reproduces the eager one bit for bit (traced_pass.py)."""
+        graph where it reproduces the eager one bit for bit (traced_pass.py); the
+        server turns it on, and traces at start-up (a trace costs ~0.1 s, more than a
+        few one-off calls save)."""
         if keep_top < 1:
             raise ValueError(f"keep_top must be at least 1, not {keep_top}")
         self.run = run

@@ -91,7 +91,7 @@ def _fresh(tiny_run, monkeypatch, candidates=0, **settings):
     from bstrec.serve.app import create_app
     from bstrec.serve.worker import WorkerSettings
 
-    rec = Recommender(load_run(tiny_run), candidates=candidates)
+    rec = Recommender(load_run(tiny_run), candidates=candidates, trace=True)  # as served
     counter = Counter(rec.model, monkeypatch)
     app = create_app(rec, WorkerSettings(**settings), say=lambda _line: None)
     return app, rec, counter
