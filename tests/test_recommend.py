@@ -7,29 +7,13 @@ import pytest
 from typer.testing import CliRunner
 
 from bstrec.cli import app
-from bstrec.config import RunConfig
 from bstrec.data.interactions import DataError
 from bstrec.recommend import Recommender, UnknownIdError
 from bstrec.run_dir import load_run
-from bstrec.train import train
-from tests.factories import tiny_dataset
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    ds = tiny_dataset()
-    cfg = RunConfig()
-    cfg.model.dim, cfg.model.heads, cfg.model.mlp = 16, 2, [16, 8]
-    cfg.train.epochs, cfg.train.batch_size, cfg.train.negatives = 2, 64, 8
-    cfg.train.progress = False
-    cfg.data.max_len = 5
-    out = tmp_path_factory.mktemp("run")
-    train(cfg, ds, out, log=lambda _m: None)
-    return out, ds
-
-
-def test_known_user_gets_unseen_movies_with_titles_and_reasons(run_dir):
-    out, ds = run_dir
+def test_known_user_gets_unseen_movies_with_titles_and_reasons(bst_run):
+    out, ds = bst_run
     rec = Recommender(load_run(out))
     raw_user = int(ds.user_ids[3])
     res = rec.for_user(raw_user, k=5)
@@ -46,8 +30,8 @@ def test_known_user_gets_unseen_movies_with_titles_and_reasons(run_dir):
     assert res.history[0].movie_id == int(ds.item_ids[ds.item[ds.user_offsets[u + 1] - 1]])
 
 
-def test_history_recommendations_exclude_the_history(run_dir):
-    out, ds = run_dir
+def test_history_recommendations_exclude_the_history(bst_run):
+    out, ds = bst_run
     rec = Recommender(load_run(out))
     hist = [int(x) for x in ds.item_ids[:4]]
     res = rec.for_history(hist, k=7, user_features={"gender": "F"})
@@ -56,8 +40,8 @@ def test_history_recommendations_exclude_the_history(run_dir):
     assert [h.movie_id for h in res.history] == hist[::-1]
 
 
-def test_unknown_ids_are_clear_errors(run_dir):
-    out, ds = run_dir
+def test_unknown_ids_are_clear_errors(bst_run):
+    out, ds = bst_run
     rec = Recommender(load_run(out))
     with pytest.raises(UnknownIdError, match="unknown user id: 999999"):
         rec.for_user(999999)
@@ -74,8 +58,8 @@ def test_unknown_ids_are_clear_errors(run_dir):
         rec.for_history([int(ds.item_ids[0])], user_features={"gender": "X"})
 
 
-def test_recommend_cli_json_and_errors(run_dir):
-    out, ds = run_dir
+def test_recommend_cli_json_and_errors(bst_run):
+    out, ds = bst_run
     runner = CliRunner()
     r = runner.invoke(
         app, ["recommend", str(out), "--user", str(ds.user_ids[0]), "-k", "3", "--json"]
@@ -89,16 +73,16 @@ def test_recommend_cli_json_and_errors(run_dir):
     assert r.exit_code == 2
 
 
-def test_evaluate_cli_labels_its_protocol(run_dir):
-    out, _ = run_dir
+def test_evaluate_cli_labels_its_protocol(bst_run):
+    out, _ = bst_run
     r = CliRunner().invoke(app, ["evaluate", str(out), "--split", "val", "--json"])
     assert r.exit_code == 0, r.output
     body = json.loads(r.output)
     assert body["protocol"] == "R" and body["users"] == 30 and 0 <= body["NDCG@10"] <= 1
 
 
-def test_precomputed_rankings_match_on_demand_ones(run_dir):
-    out, ds = run_dir
+def test_precomputed_rankings_match_on_demand_ones(bst_run):
+    out, ds = bst_run
     fresh = Recommender(load_run(out))
     batched = Recommender(load_run(out))
     batched.precompute(batch_size=7)
@@ -126,10 +110,10 @@ def _same(a, b) -> bool:
 
 # candidates 6: retrieve-then-rank, whose queries of one depth share a forward pass
 @pytest.mark.parametrize("candidates", [0, 6])
-def test_a_query_ranks_the_same_in_any_batch(run_dir, candidates):
+def test_a_query_ranks_the_same_in_any_batch(bst_run, candidates):
     """Serving's guarantee: the bits of one query's answer do not depend on the
     queries handled with it, nor on its place among them."""
-    out, ds = run_dir
+    out, ds = bst_run
     rec = Recommender(load_run(out), candidates=candidates)
     ids = [int(x) for x in ds.item_ids[:40]]
     queries = []
@@ -164,10 +148,10 @@ def _stackable(rec, ds, n=6, k=4):
     return [rec.history_query(ids[i : i + 1 + i % 4], k=k) for i in range(n)]
 
 
-def test_a_stack_computes_each_query_s_own_answer(run_dir):
+def test_a_stack_computes_each_query_s_own_answer(bst_run):
     """Ranked together, each query gets its own picks and reasons (its scores to the
     last bits or not: that is what the shape check decides)."""
-    out, ds = run_dir
+    out, ds = bst_run
     rec = Recommender(load_run(out), candidates=6)
     queries = _stackable(rec, ds)
     alone = [rec._rank_stack([q])[0] for q in queries]
@@ -183,9 +167,9 @@ def test_a_stack_computes_each_query_s_own_answer(run_dir):
 
 
 def test_a_stack_shape_that_changes_an_answer_is_ranked_one_query_at_a_time(
-    run_dir, monkeypatch, caplog
+    bst_run, monkeypatch, caplog
 ):
-    out, ds = run_dir
+    out, ds = bst_run
     rec = Recommender(load_run(out), candidates=6)
     queries = _stackable(rec, ds)
     alone = [rec.rank([q])[0] for q in queries]
@@ -207,8 +191,8 @@ def test_a_stack_shape_that_changes_an_answer_is_ranked_one_query_at_a_time(
     assert stacks == [len(queries)] + [1] * len(queries) * 2
 
 
-def test_request_time_moves_the_answer_and_is_checked(run_dir):
-    out, ds = run_dir
+def test_request_time_moves_the_answer_and_is_checked(bst_run):
+    out, ds = bst_run
     rec = Recommender(load_run(out))
     hist = [int(x) for x in ds.item_ids[:3]]
     default = rec.for_history(hist, k=5).to_dict()
@@ -221,8 +205,8 @@ def test_request_time_moves_the_answer_and_is_checked(run_dir):
         rec.for_user(raw, k=5, now=rec.last_watch(2) - 1)
 
 
-def test_a_retrieving_query_encodes_its_history_once(run_dir, monkeypatch):
-    out, ds = run_dir
+def test_a_retrieving_query_encodes_its_history_once(bst_run, monkeypatch):
+    out, ds = bst_run
     rec = Recommender(load_run(out), candidates=6, trace=False)  # traced: one graph call
     expected = rec.for_history([int(ds.item_ids[i]) for i in (1, 4, 2)], k=4)
     calls = []
@@ -236,11 +220,11 @@ def test_a_retrieving_query_encodes_its_history_once(run_dir, monkeypatch):
     assert len(calls) == 1
 
 
-def test_recommendations_retrieve_above_the_serving_threshold(run_dir, monkeypatch):
+def test_recommendations_retrieve_above_the_serving_threshold(bst_run, monkeypatch):
     import bstrec.recommend as recommend_module
     from bstrec.retrieval import DEFAULT_CANDIDATES
 
-    out, ds = run_dir
+    out, ds = bst_run
     run = load_run(out)
     assert Recommender(run).candidates == 0  # a tiny catalogue: ranked whole
     monkeypatch.setattr(recommend_module, "SERVE_MIN_ITEMS", ds.n_items - 1)

@@ -4,27 +4,10 @@ the graph once a shape is traced, and eager again for a shape whose trace differ
 import logging
 
 import numpy as np
-import pytest
 import torch
 
-from bstrec.config import RunConfig
 from bstrec.recommend import Recommender
 from bstrec.run_dir import load_run
-from bstrec.train import train
-from tests.factories import tiny_dataset
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    ds = tiny_dataset()
-    cfg = RunConfig()
-    cfg.model.dim, cfg.model.heads, cfg.model.mlp = 16, 2, [16, 8]
-    cfg.train.epochs, cfg.train.batch_size, cfg.train.negatives = 2, 64, 8
-    cfg.train.progress = False
-    cfg.data.max_len = 5
-    out = tmp_path_factory.mktemp("run")
-    train(cfg, ds, out, log=lambda _m: None)
-    return out, ds
 
 
 def _queries(rec, ds, n, seed=0):
@@ -43,8 +26,8 @@ def _answers(rec, ranked):
     ]
 
 
-def test_traced_answers_equal_eager_ones_in_every_stack(run_dir):
-    out, ds = run_dir
+def test_traced_answers_equal_eager_ones_in_every_stack(bst_run):
+    out, ds = bst_run
     traced = Recommender(load_run(out), candidates=6, trace=True)
     eager = Recommender(load_run(out), candidates=6, trace=False)
     assert traced.traced is not None and eager.traced is None
@@ -57,8 +40,8 @@ def test_traced_answers_equal_eager_ones_in_every_stack(run_dir):
     assert traced.traced.exact_shapes == len(graphs)  # every trace kept: exact here
 
 
-def test_a_traced_shape_runs_the_graph_not_the_python(run_dir, monkeypatch):
-    out, ds = run_dir
+def test_a_traced_shape_runs_the_graph_not_the_python(bst_run, monkeypatch):
+    out, ds = bst_run
     rec = Recommender(load_run(out), candidates=6, trace=True)
     rec.rank(_queries(rec, ds, 2))  # traces the 2-row shape
     calls = []
@@ -70,8 +53,8 @@ def test_a_traced_shape_runs_the_graph_not_the_python(run_dir, monkeypatch):
     assert len(calls) >= 1
 
 
-def test_a_trace_that_changes_the_bits_is_dropped_for_its_shape(run_dir, monkeypatch, caplog):
-    out, ds = run_dir
+def test_a_trace_that_changes_the_bits_is_dropped_for_its_shape(bst_run, monkeypatch, caplog):
+    out, ds = bst_run
     rec = Recommender(load_run(out), candidates=6, trace=True)
     eager = Recommender(load_run(out), candidates=6, trace=False)
     real_trace = torch.jit.trace
@@ -95,10 +78,10 @@ def test_a_trace_that_changes_the_bits_is_dropped_for_its_shape(run_dir, monkeyp
     assert "changed the scores in the last bits" in caplog.text
 
 
-def test_warm_up_traces_every_stack_size_once(run_dir):
+def test_warm_up_traces_every_stack_size_once(bst_run):
     from bstrec.recommend import STACK_MAX
 
-    out, _ = run_dir
+    out, _ = bst_run
     rec = Recommender(load_run(out), candidates=6, trace=True)
     steps = 0
     while rec.warm_one():
