@@ -281,8 +281,8 @@ class Recommender:
     def warm_one(self) -> bool:
         """Trace the next stack size (1 to ``STACK_MAX`` rows) not traced yet, by ranking
         that many known users (their answers are kept); False when there is none. The
-        server's model threads call this while no request waits, so that a request
-        never waits for a trace (~0.1 s each)."""
+        server runs these at start-up (``ModelWorkers.start``), so that no request
+        waits for a trace (~0.1 s each)."""
         if self.traced is None:
             return False
         retrieved = max(self.candidates, self.keep_top)

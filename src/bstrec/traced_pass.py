@@ -63,13 +63,7 @@ class TracedPasses:
         # one trace at a time: the warnings filter it sets is process-wide
         self._tracing = threading.Lock()
 
-    @property
-    def exact_shapes(self) -> int:
-        return sum(g is not None for g in self.graphs.values())
-
     def run(self, batch: Batch, seen: torch.Tensor, retrieved: int):
-        from bstrec.models.bst import UserSide
-
         args = (seen, *[getattr(batch, n) for n in _FIELDS])
         key = (len(batch), retrieved)
         if key not in self.graphs:
@@ -78,15 +72,11 @@ class TracedPasses:
                     return self._first(key, args, retrieved)
         graph = self.graphs[key]
         out = graph(*args) if graph is not None else RankPass(self.model, retrieved)(*args)
-        scores, mask, states, *flat = out
-        layers = [tuple(flat[i : i + 3]) for i in range(0, len(flat), 3)]
-        return scores, UserSide(layers, mask, states)
+        return _unpack(out)
 
     def _first(self, key, args, retrieved: int):
         """Trace this shape, keep the trace if it reproduces the eager pass exactly, and
         answer with the eager pass's own outputs either way."""
-        from bstrec.models.bst import UserSide
-
         eager = RankPass(self.model, retrieved)
         want = eager(*args)
         try:
@@ -106,6 +96,13 @@ class TracedPasses:
                 *key,
             )
         self.graphs[key] = graph if same else None
-        scores, mask, states, *flat = want
-        layers = [tuple(flat[i : i + 3]) for i in range(0, len(flat), 3)]
-        return scores, UserSide(layers, mask, states)
+        return _unpack(want)
+
+
+def _unpack(out: tuple):
+    """``RankPass``'s flat outputs -> (scores, the ``UserSide`` the reasons read)."""
+    from bstrec.models.bst import UserSide
+
+    scores, mask, states, *flat = out
+    layers = [tuple(flat[i : i + 3]) for i in range(0, len(flat), 3)]
+    return scores, UserSide(layers, mask, states)

@@ -98,3 +98,19 @@ def test_the_model_warms_up_before_the_first_request_until_there_is_nothing_left
     finally:
         workers.stop()
     assert len(warmed) == 3
+
+
+def test_a_failing_warm_up_is_logged_and_serving_goes_on(caplog):
+    rec = Stand()
+
+    def broken():
+        raise RuntimeError("no tracer here")
+
+    rec.warm_one = broken
+    with caplog.at_level("ERROR", logger="bstrec.serve"):
+        workers = ModelWorkers(rec, WorkerSettings(), say=lambda _line: None).start()
+    try:
+        assert workers.submit("q").future.result(timeout=10) == "answer to q"
+    finally:
+        workers.stop()
+    assert "warm-up failed after 0 stack sizes" in caplog.text

@@ -97,8 +97,6 @@ class ModelWorkers:
         self.max_waiting = 0  # the longest queue seen (tests/serve/test_concurrency.py)
         self.largest_turn = 0  # the most requests served in one turn (a statistic)
         self.turns = self.served = 0  # turns that served requests, and the requests
-        self._warmed = False  # every traced shape made (Recommender.warm_one)
-        self._warm_lock = threading.Lock()
         self._plan_lock = threading.Lock()
         self._plan: Iterator[int] | None = None
         self._in_flight = 0  # precompute users being ranked right now
@@ -121,8 +119,12 @@ class ModelWorkers:
         # the traced passes are made before the first request, not in its way (~0.1 s a
         # stack size; Recommender.warm_one)
         t0, steps = time.perf_counter(), 0
-        while self._warm_one():
-            steps += 1
+        warm = getattr(self.rec, "warm_one", None)
+        try:
+            while warm is not None and warm():
+                steps += 1
+        except Exception:  # the traced pass is an optimisation: serve without the rest
+            log.exception("warm-up failed after %d stack sizes; serving goes on", steps)
         if steps:
             self.say(
                 f"warm-up: traced the model's pass for {steps} stack sizes in "
@@ -174,7 +176,7 @@ class ModelWorkers:
             try:
                 job = self.requests.get_nowait()
             except queue.Empty:
-                if self._warm_one() or self._precompute_one():
+                if self._precompute_one():
                     continue
                 try:
                     job = self.requests.get(timeout=POLL_S)
@@ -220,22 +222,6 @@ class ModelWorkers:
                 ranked = answers[i]
             job.finished = time.perf_counter()
             job.future.set_result(ranked)
-
-    def _warm_one(self) -> bool:
-        """One step of the model's warm-up (``Recommender.warm_one``: a traced pass per
-        stack size); False when there is nothing left to warm. ``start`` runs them all;
-        the model threads go on where it stopped (a warm-up step that failed)."""
-        warm = getattr(self.rec, "warm_one", None)
-        if warm is None or self._warmed:
-            return False
-        with self._warm_lock:  # one model thread warms a shape at a time
-            try:
-                did = warm()
-            except Exception:  # the traced pass is an optimisation: go on without it
-                log.exception("warm-up failed; serving goes on")
-                did = False
-        self._warmed = not did
-        return did
 
     def _precompute_one(self) -> bool:
         """Rank the next stack of known users not yet kept; False when there is none."""
