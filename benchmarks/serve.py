@@ -105,6 +105,7 @@ def start_server(
     model_threads: int,
     candidates: int | None = None,
     trace: bool = True,
+    model_process: bool = True,
 ) -> subprocess.Popen:
     cmd = [
         sys.executable,
@@ -125,6 +126,7 @@ def start_server(
         str(model_threads),
         *(["--candidates", str(candidates)] if candidates is not None else []),
         "--trace" if trace else "--no-trace",
+        "--model-process" if model_process else "--no-model-process",
     ]
     # this checkout's code, whatever copy of bstrec the environment has installed
     env = {
@@ -336,6 +338,12 @@ def main() -> int:
         help="the server's --no-trace: its pass run eagerly, as before 2026-11-30",
     )
     ap.add_argument(
+        "--no-model-process",
+        action="store_true",
+        help="the server's --no-model-process: the model threads in the server's own "
+        "process, taking turns with its event loop for the GIL (before 2026-11-30 evening)",
+    )
+    ap.add_argument(
         "--client",
         choices=("raw", "httpx"),
         default="raw",
@@ -366,7 +374,14 @@ def main() -> int:
     load_before = [round(x, 2) for x in os.getloadavg()]
     launched = time.perf_counter()
     proc = start_server(
-        run, port, args.threads, True, args.model_threads, args.candidates, not args.no_trace
+        run,
+        port,
+        args.threads,
+        True,
+        args.model_threads,
+        args.candidates,
+        not args.no_trace,
+        not args.no_model_process,
     )
     results: dict[str, dict] = {}
     try:
@@ -385,6 +400,7 @@ def main() -> int:
                 server_threads=args.threads,
                 model_threads=args.model_threads,
                 traced_pass=not args.no_trace,
+                model_process=not args.no_model_process,
                 keep_top=health["precompute"]["keep_top"],
                 clients=args.clients,
                 time_to_health_s=round(to_health, 2),

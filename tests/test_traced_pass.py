@@ -2,6 +2,7 @@
 the graph once a shape is traced, and eager again for a shape whose trace differs."""
 
 import logging
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -36,7 +37,7 @@ def test_traced_answers_equal_eager_ones_in_every_stack(bst_run):
             qs = _queries(traced, ds, size, seed)
             assert _answers(traced, traced.rank(qs)) == _answers(eager, eager.rank(qs))
     graphs = traced.traced.graphs
-    assert {rows for rows, _ in graphs} == {1, 3, 8}
+    assert {rows for rows, _, _ in graphs} == {1, 3, 8}
     assert all(g is not None for g in graphs.values())  # every trace kept: exact here
 
 
@@ -74,19 +75,27 @@ def test_a_trace_that_changes_the_bits_is_dropped_for_its_shape(bst_run, monkeyp
             qs = _queries(rec, ds, 3, seed)
             assert _answers(rec, rec.rank(qs)) == _answers(eager, eager.rank(qs))
     # the 3-row shape, and the 1-row one its stack check ranked alone, both dropped
-    assert rec.traced.graphs == {(3, 6): None, (1, 6): None}
-    assert "changed the scores in the last bits" in caplog.text
+    assert rec.traced.graphs == {(3, 6, 4): None, (1, 6, 4): None}
+    assert "changed the answers in the last bits" in caplog.text
 
 
-def test_warm_up_traces_every_stack_size_once(bst_run):
-    from bstrec.recommend import STACK_MAX
+def test_warm_up_traces_every_stack_size_once_at_each_depth(bst_run):
+    from bstrec.recommend import STACK_MAX, WARM_DEPTHS
 
     out, _ = bst_run
-    rec = Recommender(load_run(out), candidates=6, trace=True)
+    rec = Recommender(load_run(out), candidates=6, keep_top=12, trace=True)
     steps = 0
     while rec.warm_one():
         steps += 1
-    assert steps == STACK_MAX
-    assert sorted(rows for rows, _ in rec.traced.graphs) == list(range(1, STACK_MAX + 1))
+    depths = {12, *WARM_DEPTHS}
+    assert steps == STACK_MAX * len(depths)
+    assert sorted(rec.traced.graphs) == sorted(
+        (rows, max(6, d), d) for d in depths for rows in range(1, STACK_MAX + 1)
+    )
+    assert all(g is not None for g in rec.traced.graphs.values())
     assert not rec.warm_one()
+    # a typed history at the default k finds its shapes traced: no trace in its way
+    (q,) = _queries(rec, load_run(out).dataset, 1)
+    rec.rank([replace(q, depth=WARM_DEPTHS[0])])
+    assert len(rec.traced.graphs) == steps
     assert not Recommender(load_run(out), candidates=6, trace=False).warm_one()

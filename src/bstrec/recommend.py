@@ -17,7 +17,8 @@ from __future__ import annotations
 import copy
 import logging
 import numbers
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 import numpy as np
@@ -28,7 +29,7 @@ from bstrec.data.interactions import DataError
 from bstrec.results import Movie, Reason, Recommendation, Recommendations, Watched
 from bstrec.retrieval import SERVE_MIN_ITEMS, retrieval_size, retrieve_then_rank
 from bstrec.run_dir import LoadedRun
-from bstrec.traced_pass import TracedPasses, traceable
+from bstrec.traced_pass import TracedPasses, serving_pass, traceable
 from bstrec.values import iso_time, plain, plain_id
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,9 @@ KEEP_TOP = 50
 # of 16 (benchmarks/batch_forward.py): little left to gain past 8, and every query of a
 # stack waits for the whole stack
 STACK_MAX = 8
+# Depths whose traced passes the server makes at start-up, besides ``keep_top``: the
+# default k of a typed history (a known user's default answer is ranked to keep_top)
+WARM_DEPTHS = (10,)
 M = TypeVar("M", bound=Movie)
 
 
@@ -126,7 +130,7 @@ class Recommender:
         if hasattr(self.model, "exact_rows"):
             self.model.exact_rows = True  # a row's bits must not depend on its stack (rank)
         use_trace = trace and self.candidates and traceable(self.model)
-        self.traced = TracedPasses(self.model) if use_trace else None
+        self.traced = TracedPasses(self.model, explain_top) if use_trace else None
         ds = run.dataset
         self.ds = ds
         self.max_len = run.config.data.max_len
@@ -144,6 +148,9 @@ class Recommender:
         # every answer names 10 to 50 movies: each is looked up once, then shared by
         # every answer that names it (the records are frozen)
         self._movies: list[Movie | None] = [None] * ds.n_items
+        # called with [(user, Ranked)] after ``rank`` keeps answers (serve/model_process.py
+        # sends them from the model's process to the app's)
+        self.on_kept: Callable[[list[tuple[int, Ranked]]], None] | None = None
 
     # ---------------------------------------------------------------- lookups
     def movie(self, idx: int) -> Movie:
@@ -273,23 +280,32 @@ class Recommender:
                 ranked_part = self._rank_group(key, [queries[i] for i in part])
                 for i, ranked in zip(part, ranked_part, strict=True):
                     out[i] = ranked
-        for q, ranked in zip(queries, out, strict=True):
-            if q.keep and q.user is not None:
-                self._kept[q.user] = ranked  # one dict store: safe for readers
+        kept = [
+            (q.user, r) for q, r in zip(queries, out, strict=True) if q.keep and q.user is not None
+        ]
+        for u, ranked in kept:
+            self.keep(u, ranked)
+        if kept and self.on_kept is not None:
+            self.on_kept(kept)
         return out  # type: ignore[return-value]
 
     def warm_one(self) -> bool:
-        """Trace the next stack size (1 to ``STACK_MAX`` rows) not traced yet, by ranking
-        that many known users (their answers are kept); False when there is none. The
+        """Trace the next stack shape not traced yet, by ranking that many known users
+        (to ``keep_top``, their answers kept, or to the default k); False when there is
+        none. Shapes: 1 to ``STACK_MAX`` rows, at the depths in ``WARM_DEPTHS``. The
         server runs these at start-up (``ModelWorkers.start``), so that no request
         waits for a trace (~0.1 s each)."""
         if self.traced is None:
             return False
-        retrieved = max(self.candidates, self.keep_top)
-        for rows in range(1, min(STACK_MAX, self.ds.n_users) + 1):
-            if (rows, retrieved) not in self.traced.graphs:
-                self.rank(self.user_queries(list(range(rows))))
-                return True
+        for depth in dict.fromkeys((self.keep_top, *WARM_DEPTHS)):
+            retrieved = max(self.candidates, depth)
+            for rows in range(1, min(STACK_MAX, self.ds.n_users) + 1):
+                if (rows, retrieved, depth) not in self.traced.graphs:
+                    qs = self.user_queries(list(range(rows)))
+                    if depth != self.keep_top:
+                        qs = [replace(q, depth=depth, keep=False) for q in qs]
+                    self.rank(qs)
+                    return True
         return False
 
     def _stack_key(self, q: Query) -> tuple[int, int] | None:
@@ -329,11 +345,37 @@ class Recommender:
         for i, q in enumerate(qs):
             seen[i, torch.as_tensor(q.seen, dtype=torch.long)] = True
         m, depth = self._stack_key(qs[0])  # type: ignore[misc]
-        if self.traced is not None:  # one graph: the GIL taken once (traced_pass.py)
-            scores, side = self.traced.run(batch, seen, m)
+        if not hasattr(self.model, "score_and_attention"):
+            return self._rank_stack_apart(qs, batch, seen, m, depth)
+        if self.traced is not None:  # one graph: the GIL given up once (traced_pass.py)
+            out = self.traced.run(batch, seen, m, depth)
         else:
-            side = self.model.user_side(batch)  # shared by retrieval, ranking, reasons
-            scores = retrieve_then_rank(self.model, batch, m, seen, side)[0]
+            out = serving_pass(self.model, batch, seen, m, depth, self.explain_top)
+        values, items, unseen, reason_items, reason_weights = (t.numpy() for t in out)
+        if (unseen < depth).any():  # fewer unseen movies than the depth (tiny catalogues)
+            return self._rank_stack_apart(qs, batch, seen, m, depth)
+        e = self.explain_top
+        r_items = np.full((*reason_items.shape[:2], e), -1, dtype=np.int32)
+        r_weights = np.zeros((*reason_items.shape[:2], e), dtype=np.float32)
+        r_items[..., : reason_items.shape[2]] = reason_items
+        r_weights[..., : reason_items.shape[2]] = reason_weights
+        return [
+            Ranked(
+                items[i].astype(np.int32),
+                values[i].astype(np.float32),
+                r_items[i].copy(),  # copies: a kept answer must not hold the stack's arrays
+                r_weights[i].copy(),
+            )
+            for i in range(len(qs))
+        ]
+
+    def _rank_stack_apart(
+        self, qs: list[Query], batch: Batch, seen: torch.Tensor, m: int, depth: int
+    ) -> list[Ranked]:
+        """The pass of models without ``score_and_attention``, and of rows with fewer
+        unseen movies than the depth: ranked together, explained apart."""
+        side = self.model.user_side(batch)  # shared by retrieval, ranking, reasons
+        scores = retrieve_then_rank(self.model, batch, m, seen, side)[0]
         scores = scores.masked_fill(seen, float("-inf"))
         # every row's top at once; a row with fewer unseen movies keeps only those
         top = scores.topk(min(depth, scores.shape[1]), dim=1)
@@ -398,6 +440,10 @@ class Recommender:
         )
 
     # ---------------------------------------------------------------- known users
+    def keep(self, u: int, ranked: Ranked) -> None:
+        """Keep known user ``u``'s default answer (ranked to ``keep_top``)."""
+        self._kept[u] = ranked  # one dict store: safe for readers
+
     def cached(self, u: int, k: int) -> Ranked | None:
         """A known user's kept answer, if computed and deep enough for k."""
         ranked = self._kept.get(u)

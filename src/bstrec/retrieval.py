@@ -58,6 +58,20 @@ def retrieve_then_rank(
     never to retrieve (the input history). ``side``: the model's ``user_side(batch)``,
     if the caller has it already. Also returns the retrieved item indexes (B, m).
     """
+    side, picked = retrieve(model, batch, m, seen, side)
+    shared = {} if side is None else {"side": side}
+    own = model.score(batch, picked + 1, **shared)  # (B, m)
+    return spread(own, picked, model.n_items), picked
+
+
+def retrieve(
+    model: ScoringModel,
+    batch: Batch,
+    m: int,
+    seen: torch.Tensor | None = None,
+    side: Any | None = None,
+) -> tuple[Any, torch.Tensor]:
+    """The cheap stage alone: (the ``side`` it used, the ``m`` retrieved item indexes (B, m))."""
     if not model.retrieves:
         raise ValueError(
             f"{type(model).__name__} has no retrieval stage; it ranks the "
@@ -70,12 +84,17 @@ def retrieve_then_rank(
     if seen is not None:
         cheap = cheap.masked_fill(seen, float("-inf"))
     m = min(m, cheap.shape[1])
-    picked = cheap.topk(m, dim=1).indices  # (B, m) item indexes
-    own = model.score(batch, picked + 1, **shared).float()  # (B, m)
+    return side, cheap.topk(m, dim=1).indices  # (B, m) item indexes
+
+
+def spread(own: torch.Tensor, picked: torch.Tensor, n_items: int) -> torch.Tensor:
+    """The retrieved movies' scores ``own`` (B, m) as full-catalogue scores (B, n_items):
+    every movie not retrieved gets the lowest finite score."""
+    own = own.float()
     low = torch.finfo(own.dtype).min
-    scores = torch.full(cheap.shape, low, device=own.device)
+    scores = torch.full((own.shape[0], n_items), low, device=own.device)
     # a returned movie's own score may itself be very low: keep it above the rest
     scores.scatter_(
         1, picked, own.clamp(min=torch.nextafter(torch.tensor(low), torch.tensor(0.0)).item())
     )
-    return scores, picked
+    return scores

@@ -1,16 +1,18 @@
-"""A serving pass (history encoding, retrieval, ranking) as one traced TorchScript graph.
+"""A serving pass (history encoding, retrieval, ranking, the top picks and their
+reasons) as one function of tensors, run eagerly or as a traced TorchScript graph.
 
-Why: the server's model thread and its event loop share one GIL. Run eagerly, each of
-a pass's ~300 torch operations gives the GIL up and waits to get it back, so under load
-a pass took about twice its CPU time; a traced graph runs as one call that holds the
-GIL once, and skips the Python between operations (a stack of 4 typed histories: 2.7
-ms against 3.8 in one process).
+Why one function: the server's model thread and its event loop share one GIL, and every
+torch operation called from Python gives the GIL up and waits to get it back. Run op by
+op, a pass's few hundred operations made a model turn take about twice its CPU time
+under load. ``serving_pass`` has no step that depends on the values (only on shapes),
+so it traces; the graph runs as one call that gives the GIL up once, and skips the
+Python between operations. The model thread is left a handful of operations a turn.
 
-A trace is made per (rows, retrieved) shape, the first time it is asked for, and kept
-only if it gives the eager pass's outputs bit for bit on that first input; otherwise
-that shape runs eagerly from then on. Every branch the pass takes depends on shapes
-only (the batch size, the history length, the number retrieved), which a shape's trace
-fixes, so one check per shape holds for its later inputs too.
+A trace is made per (rows, retrieved, depth) shape, the first time it is asked for, and
+kept only if it gives the eager pass's outputs bit for bit on that first input;
+otherwise that shape runs eagerly from then on. Every branch the pass takes depends on
+shapes only (the batch size, the history length, the number retrieved), which a
+shape's trace fixes, so one check per shape holds for its later inputs too.
 """
 
 from __future__ import annotations
@@ -24,28 +26,64 @@ import torch
 from torch import nn
 
 from bstrec.data.batches import Batch
-from bstrec.retrieval import retrieve_then_rank
+from bstrec.retrieval import retrieve, spread
 
 log = logging.getLogger(__name__)
 
 _FIELDS = [f.name for f in fields(Batch)]
 
 
-class RankPass(nn.Module):
-    """(seen, *batch tensors) -> (scores, history mask, tower states, *per-block
-    history states, keys and values): ``retrieve_then_rank`` and the ``UserSide`` it
-    used, flattened to tensors (what a trace can return)."""
+def serving_pass(
+    model: nn.Module,
+    batch: Batch,
+    seen: torch.Tensor,
+    retrieved: int,
+    depth: int,
+    explain_top: int,
+) -> tuple[torch.Tensor, ...]:
+    """Retrieve ``retrieved`` movies per row, rank them, and explain the top ``depth``.
 
-    def __init__(self, model: nn.Module, retrieved: int):
+    Returns (scores (B, k), items (B, k), unseen (B,), reason items (B, k, E), reason
+    weights (B, k, E)), k = min(depth, n_items), E = min(explain_top, L): the best
+    unwatched picks (item indexes) and their scores; how many movies each row had not
+    watched (a row with fewer than ``depth`` keeps only that many picks, and its reasons
+    must be recomputed: Recommender._rank_stack); per pick, the item indexes (-1: none)
+    and weights of the watches that weighed most (``BST.explain``, whose attention rows
+    come from the ranking pass itself, not a second one).
+    """
+    side, picked = retrieve(model, batch, retrieved, seen)
+    own, att = model.score_and_attention(batch, picked + 1, side=side)  # (B, m), (B, m, L)
+    scores = spread(own, picked, model.n_items).masked_fill(seen, float("-inf"))
+    top = scores.topk(min(depth, scores.shape[1]), dim=1)  # (B, k)
+    unseen = torch.isfinite(scores).sum(1)  # (B,)
+    # each pick's column among the retrieved: every pick is one where a row has at least
+    # ``depth`` unwatched movies (the rows whose reasons are kept)
+    col = (picked[:, None, :] == top.indices[:, :, None]).int().argmax(-1)  # (B, k)
+    att = att.gather(1, col[..., None].expand(-1, -1, att.shape[-1]))  # (B, k, L)
+    weights = model.explain(batch, top.indices + 1, side=side, attention=att)  # (B, k, L)
+    top_w, top_pos = weights.topk(min(explain_top, weights.shape[-1]), dim=-1)  # (B, k, E)
+    tok = batch.hist_item.gather(1, top_pos.flatten(1)).view_as(top_pos)
+    valid = (tok > 0) & (top_w > 0)
+    return (
+        top.values,
+        top.indices,
+        unseen,
+        torch.where(valid, tok - 1, -1),
+        torch.where(valid, top_w, 0.0),
+    )
+
+
+class ServingPass(nn.Module):
+    """``serving_pass`` over flat tensors (seen, *batch fields): what a trace takes."""
+
+    def __init__(self, model: nn.Module, retrieved: int, depth: int, explain_top: int):
         super().__init__()
         self.model = model
-        self.retrieved = retrieved
+        self.retrieved, self.depth, self.explain_top = retrieved, depth, explain_top
 
     def forward(self, seen: torch.Tensor, *tensors: torch.Tensor):
         batch = Batch(**dict(zip(_FIELDS, tensors, strict=True)))
-        side = self.model.user_side(batch)
-        scores, _ = retrieve_then_rank(self.model, batch, self.retrieved, seen, side)
-        return (scores, side.mask, side.states, *[t for layer in side.layers for t in layer])
+        return serving_pass(self.model, batch, seen, self.retrieved, self.depth, self.explain_top)
 
 
 def traceable(model: nn.Module) -> bool:
@@ -54,30 +92,33 @@ def traceable(model: nn.Module) -> bool:
 
 
 class TracedPasses:
-    """Traced ``RankPass`` graphs per (rows, retrieved), each checked once against the
-    eager pass. ``run`` returns (scores, side) as the eager pass would."""
+    """Traced ``ServingPass`` graphs per (rows, retrieved, depth), each checked once
+    against the eager pass. ``run`` returns what ``serving_pass`` returns."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, explain_top: int):
         self.model = model
-        self.graphs: dict[tuple[int, int], torch.jit.ScriptModule | None] = {}
+        self.explain_top = explain_top
+        self.graphs: dict[tuple[int, int, int], torch.jit.ScriptModule | None] = {}
         # one trace at a time: the warnings filter it sets is process-wide
         self._tracing = threading.Lock()
 
-    def run(self, batch: Batch, seen: torch.Tensor, retrieved: int):
+    def run(self, batch: Batch, seen: torch.Tensor, retrieved: int, depth: int):
         args = (seen, *[getattr(batch, n) for n in _FIELDS])
-        key = (len(batch), retrieved)
+        key = (len(batch), retrieved, depth)
         if key not in self.graphs:
             with self._tracing:
                 if key not in self.graphs:  # another model thread may have just made it
-                    return self._first(key, args, retrieved)
+                    return self._first(key, args)
         graph = self.graphs[key]
-        out = graph(*args) if graph is not None else RankPass(self.model, retrieved)(*args)
-        return _unpack(out)
+        return graph(*args) if graph is not None else self._eager(key)(*args)
 
-    def _first(self, key, args, retrieved: int):
+    def _eager(self, key: tuple[int, int, int]) -> ServingPass:
+        return ServingPass(self.model, key[1], key[2], self.explain_top)
+
+    def _first(self, key: tuple[int, int, int], args: tuple):
         """Trace this shape, keep the trace if it reproduces the eager pass exactly, and
         answer with the eager pass's own outputs either way."""
-        eager = RankPass(self.model, retrieved)
+        eager = self._eager(key)
         want = eager(*args)
         try:
             with warnings.catch_warnings():
@@ -91,18 +132,9 @@ class TracedPasses:
             graph, same = None, False
         if not same and graph is not None:
             log.warning(
-                "the traced serving pass for %d rows, %d retrieved, changed the scores in "
-                "the last bits on this machine: that shape runs eagerly",
+                "the traced serving pass for %d rows, %d retrieved, top %d, changed the "
+                "answers in the last bits on this machine: that shape runs eagerly",
                 *key,
             )
         self.graphs[key] = graph if same else None
-        return _unpack(want)
-
-
-def _unpack(out: tuple):
-    """``RankPass``'s flat outputs -> (scores, the ``UserSide`` the reasons read)."""
-    from bstrec.models.bst import UserSide
-
-    scores, mask, states, *flat = out
-    layers = [tuple(flat[i : i + 3]) for i in range(0, len(flat), 3)]
-    return scores, UserSide(layers, mask, states)
+        return want

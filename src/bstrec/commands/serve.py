@@ -59,6 +59,12 @@ def serve(
         help="Run the retrieve-and-rank pass as a traced TorchScript graph where it gives "
         "the eager pass's scores bit for bit (faster under load; traced at start-up)",
     ),
+    model_process: bool = typer.Option(
+        True,
+        "--model-process/--no-model-process",
+        help="Run the model in a process of its own, beside the HTTP event loop instead "
+        "of taking turns with it for Python's GIL (faster under load; README, Serving)",
+    ),
     precompute: bool = typer.Option(
         True,
         "--precompute/--no-precompute",
@@ -102,7 +108,10 @@ def serve(
         )
         # the server answers from here on; known users are ranked in the background
         settings = WorkerSettings(
-            threads=model_threads, torch_threads=threads, precompute=precompute
+            threads=model_threads,
+            torch_threads=threads,
+            precompute=precompute,
+            process=model_process,
         )
         app = create_app(rec, settings, say=say)
     # Everything loaded so far lives as long as the server: torch, pydantic and FastAPI

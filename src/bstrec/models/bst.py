@@ -481,22 +481,34 @@ class BST(ScoringModel):
         )
 
     def explain(
-        self, batch: Batch, candidates: torch.Tensor, side: UserSide | None = None
+        self,
+        batch: Batch,
+        candidates: torch.Tensor,
+        side: UserSide | None = None,
+        attention: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """(B, C, L) per candidate, how much each watch drove it: its share of the
         candidate's co-occurrence count (the pairs the watch formed with that very movie
         in the training data) where the candidate has any, else the candidate's own
         attention row. Attention alone hardly depends on the candidate: one user's ten
-        picks all cited the same three films (issue 9)."""
+        picks all cited the same three films (issue 9).
+
+        ``attention``: the candidates' attention rows (B, C, L), if the caller has them
+        from scoring (``score_and_attention``); then no step depends on the values,
+        which a traced pass needs (traced_pass.py)."""
         b = batch.hist_item.shape[0]
         cands = candidates if candidates.dim() == 2 else candidates[None].expand(b, -1)
         if self.wide is None:
+            if attention is not None:
+                return attention
             shares = total = None
             need = [True] * b
         else:
             pairs = self.wide.contributions(batch.hist_item, cands)  # (B, C, L)
             total = pairs.sum(-1, keepdim=True)
             shares = pairs / total.clamp_min(1e-12)
+            if attention is not None:
+                return torch.where(total > 0, shares, attention)
             if bool((total > 0).all()):
                 return shares  # the usual case in serving: the attention pass is not needed
             need = (total <= 0).flatten(1).any(1).tolist()
@@ -518,6 +530,12 @@ class BST(ScoringModel):
         """(B, C, L) each candidate's attention over the history in the first block,
         averaged over heads (the explanation of rounds before issue 9)."""
         return self._score(batch, candidates, want_attention=True, side=side)[1]
+
+    def score_and_attention(
+        self, batch: Batch, candidates: torch.Tensor, side: UserSide | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``score`` and ``attention`` from one pass: (B, C) and (B, C, L)."""
+        return self._score(batch, candidates, want_attention=True, side=side)
 
     def _score(
         self,

@@ -42,6 +42,7 @@ from bstrec.data.interactions import DataError
 from bstrec.recommend import STACK_MAX, Ranked, Recommender, UnknownIdError
 from bstrec.results import Movie, Recommendation, Watched
 from bstrec.serve.labels import choices, feature_label
+from bstrec.serve.model_process import ModelProcess
 from bstrec.serve.worker import ModelWorkers, WorkerSettings
 from bstrec.values import plain, plain_id
 
@@ -241,7 +242,7 @@ def fold(text: str) -> str:
 class Service:
     """The recommender plus what the endpoints need precomputed (search, popularity)."""
 
-    def __init__(self, rec: Recommender, workers: ModelWorkers):
+    def __init__(self, rec: Recommender, workers: ModelWorkers | ModelProcess):
         self.rec = rec
         self.workers = workers
         ds = rec.ds
@@ -360,7 +361,6 @@ class Service:
         run = self.rec.run
         ds = self.rec.ds
         p = self.workers.progress
-        exact = dict(self.rec.exact)  # a copy: model threads may add a shape meanwhile
         return {
             "status": "ok",
             "run": run.path.name,
@@ -391,11 +391,7 @@ class Service:
             },
             "stacking": {
                 "max_queries": STACK_MAX if self.rec.candidates else 1,
-                "shapes_checked": len(exact),
-                "shapes_exact": sum(exact.values()),
-                "stacked_answers": self.rec.stacked,
-                "turns": self.workers.turns,
-                "requests_served": self.workers.served,
+                **self.workers.stats(),
             },
         }
 
@@ -452,7 +448,10 @@ def create_app(
         from bstrec.run_dir import load_run
 
         rec = Recommender(load_run(source))
-    workers = ModelWorkers(rec, settings, say).start()
+    if settings.process:
+        workers: ModelWorkers | ModelProcess = ModelProcess(rec, settings, say).start()
+    else:
+        workers = ModelWorkers(rec, settings, say).start()
     svc = Service(rec, workers)
 
     @asynccontextmanager

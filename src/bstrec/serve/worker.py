@@ -41,6 +41,8 @@ class WorkerSettings:
     threads: int = 1  # model threads, each scoring its own queries
     torch_threads: int = 1  # torch's intra-op threads (process-wide)
     precompute: bool = False  # rank every known user in the background from the start
+    # run the model threads in a process of their own (serve/model_process.py)
+    process: bool = False
 
     def __post_init__(self):
         for name in ("threads", "torch_threads"):
@@ -154,6 +156,17 @@ class ModelWorkers:
         """Where the background precompute stands (a copy, taken under the lock)."""
         with self._plan_lock:
             return replace(self._progress)
+
+    def stats(self) -> dict[str, int]:
+        """How requests shared the model's passes (/health's ``stacking``)."""
+        exact = dict(self.rec.exact)  # a copy: model threads may add a shape meanwhile
+        return {
+            "shapes_checked": len(exact),
+            "shapes_exact": sum(exact.values()),
+            "stacked_answers": self.rec.stacked,
+            "turns": self.turns,
+            "requests_served": self.served,
+        }
 
     # ---------------------------------------------------------------- requests
     def submit(self, query: Query) -> Job:

@@ -1,0 +1,305 @@
+"""The model in a process of its own: ``ModelWorkers`` behind a pipe.
+
+Why: a model thread and the event loop share one GIL. Every time the model thread
+hands the GIL over (each torch call made from Python does, and so does the traced
+pass), it waits to get it back for as long as the event loop keeps it busy parsing,
+validating and rendering other requests: up to the switch interval (5 ms) and more,
+per hand-over. Under load the two threads took turns instead of sharing the 2 cores:
+serving a typed history cost the event loop 0.9 ms and the model thread 1.0 ms of CPU,
+and the app answered one every 1.9 ms, their sum. In a process of its own the model
+runs beside the event loop, not in turns with it.
+
+How: the app process keeps the ``Recommender`` for everything but the model (lookups,
+queries, kept answers, rendering). ``start`` forks a child that has the same loaded
+run and runs the usual ``ModelWorkers`` (model threads, stacking, warm-up, background
+precompute) on it. Queries go to the child as numpy arrays over a pipe; answers
+(``Ranked``), kept answers of known users, progress lines and statistics come back, and
+a thread here hands each answer to its job's future. Answers are the child's
+``Recommender.rank``, so they are the same bits as in one process.
+
+Forking a process that uses torch is safe here the way it is for torch's DataLoader
+workers: the child sets its torch threads before its first torch call, and the server
+forks before it starts any thread of its own (``bstrec serve``: one intra-op thread).
+If the child dies, every waiting request and every later one fails with an error, and
+the log says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import fields, replace
+
+import numpy as np
+
+from bstrec.data.batches import Batch
+from bstrec.recommend import Query, Recommender
+from bstrec.serve.worker import Job, ModelWorkers, Progress, WorkerSettings
+
+log = logging.getLogger("bstrec.serve")
+
+READY_TIMEOUT_S = 300  # the child's warm-up; past this, start() fails
+_FIELDS = [f.name for f in fields(Batch)]
+
+
+class ModelProcess:
+    """``ModelWorkers``' interface (start, stop, submit, progress, stats), with the model
+    threads in a forked child process."""
+
+    def __init__(
+        self,
+        rec: Recommender,
+        settings: WorkerSettings = WorkerSettings(),
+        say: Callable[[str], None] | None = None,
+    ):
+        self.rec = rec
+        self.settings = settings
+        self.say = say or log.info
+        self._jobs: dict[int, Job] = {}
+        self._next_id = 0
+        self._lock = threading.Lock()  # the job table, the pipe's sending end, the stats
+        self._progress = Progress(
+            enabled=settings.precompute, total=rec.ds.n_users if settings.precompute else 0
+        )
+        self._stats: dict[str, int] = dict.fromkeys(
+            ("shapes_checked", "shapes_exact", "stacked_answers", "turns", "requests_served"), 0
+        )
+        self._proc: mp.process.BaseProcess | None = None
+        self._conn = None
+        self._receiver: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._dead: str | None = None
+        self._t0 = time.perf_counter()
+
+    # ---------------------------------------------------------------- lifecycle
+    def start(self) -> ModelProcess:
+        if self._proc is not None:
+            return self
+        ctx = mp.get_context("fork")
+        here, there = ctx.Pipe()
+        self._conn, self._dead = here, None
+        self._ready.clear()
+        self._t0 = time.perf_counter()
+        self._proc = ctx.Process(
+            target=_child_main,
+            args=(self.rec, self.settings, there, here),
+            name="bstrec-model",
+            daemon=True,
+        )
+        self._proc.start()
+        there.close()  # the child's end: EOF here when the child exits
+        self._receiver = threading.Thread(
+            target=self._receive, name="bstrec-model-answers", daemon=True
+        )
+        self._receiver.start()
+        # like ModelWorkers.start: the warm-up is done before the first request
+        if not self._ready.wait(READY_TIMEOUT_S) and self._dead is None:
+            self.stop()
+            raise RuntimeError(f"the model process was not ready in {READY_TIMEOUT_S} s")
+        if self._dead is not None:
+            raise RuntimeError(f"the model process failed to start: {self._dead}")
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        try:
+            with self._lock:
+                self._conn.send(("stop",))
+        except (OSError, ValueError):  # the child is gone already
+            pass
+        proc.join(timeout)
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(timeout)
+        if self._receiver is not None:
+            self._receiver.join(timeout)
+        self._conn.close()
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
+    @property
+    def progress(self) -> Progress:
+        """The child's last report, with the known users kept here so far."""
+        with self._lock:
+            p = replace(self._progress)
+        if p.enabled and not p.complete:
+            p.done = min(self.rec.n_kept, p.total)
+            p.seconds = time.perf_counter() - self._t0
+        return p
+
+    def stats(self) -> dict[str, int]:
+        """The child's statistics (``ModelWorkers.stats``), as of its last message."""
+        with self._lock:
+            return dict(self._stats)
+
+    # ---------------------------------------------------------------- requests
+    def submit(self, query: Query) -> Job:
+        """Send a query to the child; ``job.future`` gets its answer or its error."""
+        if self._proc is None:
+            raise RuntimeError("the model process is not running (ModelProcess.start)")
+        job = Job(query)
+        wire = _query_wire(query)
+        with self._lock:
+            if self._dead is not None:
+                job.future.set_exception(RuntimeError(f"the model process {self._dead}"))
+                return job
+            job_id = self._next_id
+            self._next_id += 1
+            self._jobs[job_id] = job
+            self._conn.send(("job", job_id, wire))
+        return job
+
+    # ---------------------------------------------------------------- answers
+    def _receive(self) -> None:
+        conn = self._conn
+        while True:
+            try:
+                msg = conn.recv()
+            except (EOFError, OSError):
+                break
+            try:
+                self._handle(msg)
+            except Exception:  # a bug here must not leave requests waiting forever
+                log.exception("model process: could not handle a %r message", msg[0])
+        code = None if self._proc is None else self._proc.exitcode
+        self._fail_all("exited" if code is None else f"exited (code {code})")
+
+    def _handle(self, msg: tuple) -> None:
+        kind = msg[0]
+        if kind == "done":
+            _, job_id, ranked, started, finished, stats = msg
+            job = self._finish(job_id, stats)
+            if job is not None:
+                # perf_counter is CLOCK_MONOTONIC, one clock for both processes
+                job.started, job.finished = started, finished
+                job.future.set_result(ranked)
+        elif kind == "error":
+            _, job_id, error, stats = msg
+            job = self._finish(job_id, stats)
+            if job is not None:
+                job.started = job.finished = time.perf_counter()
+                job.future.set_exception(error)
+        elif kind == "kept":
+            for u, ranked in msg[1]:
+                self.rec.keep(u, ranked)
+        elif kind == "progress":
+            with self._lock:
+                self._progress = msg[1]
+        elif kind == "say":
+            self.say(msg[1])
+        elif kind == "ready":
+            with self._lock:
+                self._stats = msg[1]
+            self._ready.set()
+        elif kind == "failed":
+            self._dead = f"failed: {msg[1]}"
+            self._ready.set()
+
+    def _finish(self, job_id: int, stats: dict) -> Job | None:
+        with self._lock:
+            self._stats = stats
+            return self._jobs.pop(job_id, None)
+
+    def _fail_all(self, why: str) -> None:
+        with self._lock:
+            self._dead = why
+            jobs, self._jobs = list(self._jobs.values()), {}
+        self._ready.set()
+        if self._proc is not None or jobs:  # not a stop(): say so
+            log.error("the model process %s; %d waiting requests fail", why, len(jobs))
+        for job in jobs:
+            job.future.set_exception(RuntimeError(f"the model process {why}"))
+
+
+def _query_wire(q: Query) -> tuple:
+    """A Query as numpy arrays and plain values (torch tensors pickle slowly)."""
+    return (
+        [getattr(q.batch, n).numpy() for n in _FIELDS],
+        np.asarray(q.seen),
+        q.depth,
+        q.user,
+        q.keep,
+    )
+
+
+def _query_from_wire(wire: tuple) -> Query:
+    import torch
+
+    arrays, seen, depth, user, keep = wire
+    batch = Batch(**{n: torch.from_numpy(a) for n, a in zip(_FIELDS, arrays, strict=True)})
+    return Query(batch, seen, depth, user, keep)
+
+
+# ---------------------------------------------------------------- the child
+def _child_main(rec: Recommender, settings: WorkerSettings, conn, parent_end) -> None:
+    """The model process: ModelWorkers on the inherited Recommender, fed by the pipe."""
+    import torch
+
+    parent_end.close()  # ours is `conn`; holding the app's end would hide its EOF
+    torch.set_num_threads(settings.torch_threads)
+    send_lock = threading.Lock()
+
+    def send(msg: tuple) -> None:
+        with send_lock:
+            conn.send(msg)
+
+    def say(line: str) -> None:  # the precompute's progress lines, and the warm-up's
+        send(("progress", workers.progress))
+        send(("say", line))
+
+    # kept answers go to the app, which answers known users from them
+    rec.on_kept = lambda kept: send(("kept", kept))
+    workers = ModelWorkers(rec, settings, say=say)
+    try:
+        workers.start()
+    except Exception as e:  # noqa: BLE001 - reported to the app, which fails start()
+        send(("failed", repr(e)))
+        return
+    send(("progress", workers.progress))
+    send(("ready", workers.stats()))
+
+    def answer(job_id: int, job: Job) -> Callable[[Future], None]:
+        def done(future: Future) -> None:
+            stats = workers.stats()
+            error = future.exception()
+            if error is None:
+                send(("done", job_id, future.result(), job.started, job.finished, stats))
+            else:
+                send(("error", job_id, _picklable(error), stats))
+
+        return done
+
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):  # the app is gone
+            break
+        if msg[0] == "stop":
+            break
+        _, job_id, wire = msg
+        try:
+            job = workers.submit(_query_from_wire(wire))
+        except Exception as e:  # noqa: BLE001 - the request fails, the server goes on
+            send(("error", job_id, _picklable(e), workers.stats()))
+            continue
+        job.future.add_done_callback(answer(job_id, job))
+    workers.stop()
+    conn.close()
+
+
+def _picklable(error: BaseException) -> BaseException:
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(error))
+        return error
+    except Exception:  # noqa: BLE001 - any error the pickle raises
+        return RuntimeError(f"{type(error).__name__}: {error}")
