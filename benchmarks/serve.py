@@ -80,14 +80,16 @@ def is_default_run(run: Path) -> tuple[bool, str]:
     """Whether RUN_DIR holds the default BST on ml-1m-u2999 (what the target is for)."""
     import yaml
 
-    from bstrec.config import DataConfig, ModelConfig
+    from bstrec.config import RunConfig
 
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     data_name = json.loads((run / "data.json").read_text()).get("name", "?")
     model, data = cfg.get("model", {}), cfg.get("data", {})
-    defaults = ModelConfig().__dict__
+    # the defaults as a run resolves them (data.max_len 0 means the task's own: 20)
+    default = RunConfig().resolve()
+    defaults = default.model.__dict__
     differs = sorted(k for k, v in defaults.items() if k in model and model[k] != v)
-    if data.get("max_len") != DataConfig().max_len:
+    if data.get("max_len") != default.data.max_len:
         differs.append("data.max_len")
     notes = []
     if differs:

@@ -152,7 +152,7 @@ def test_a_stack_computes_each_query_s_own_answer(bst_run):
     """Ranked together, each query gets its own picks and reasons (its scores to the
     last bits or not: that is what the shape check decides)."""
     out, ds = bst_run
-    rec = Recommender(load_run(out), candidates=6)
+    rec = Recommender(load_run(out), candidates=6, keep_top=4)
     queries = _stackable(rec, ds)
     alone = [rec._rank_stack([q])[0] for q in queries]
     together = rec._rank_stack(queries)
@@ -170,7 +170,7 @@ def test_a_stack_shape_that_changes_an_answer_is_ranked_one_query_at_a_time(
     bst_run, monkeypatch, caplog
 ):
     out, ds = bst_run
-    rec = Recommender(load_run(out), candidates=6)
+    rec = Recommender(load_run(out), candidates=6, keep_top=4)
     queries = _stackable(rec, ds)
     alone = [rec.rank([q])[0] for q in queries]
     real, stacks = rec._rank_stack, []
@@ -207,7 +207,9 @@ def test_request_time_moves_the_answer_and_is_checked(bst_run):
 
 def test_a_retrieving_query_encodes_its_history_once(bst_run, monkeypatch):
     out, ds = bst_run
-    rec = Recommender(load_run(out), candidates=6, trace=False)  # traced: one graph call
+    rec = Recommender(
+        load_run(out), candidates=6, keep_top=4, trace=False
+    )  # traced: one graph call
     expected = rec.for_history([int(ds.item_ids[i]) for i in (1, 4, 2)], k=4)
     calls = []
     real = rec.model.encode_history

@@ -132,7 +132,7 @@ def test_recommender_retrieves_when_asked_and_keeps_the_top_picks(tmp_path):
     full = Recommender(load_run(tmp_path / "r"))
     assert full.candidates == 0  # a small catalogue: the whole of it by default
     every = Recommender(load_run(tmp_path / "r"), candidates=ds.n_items)
-    few = Recommender(load_run(tmp_path / "r"), candidates=3)
+    few = Recommender(load_run(tmp_path / "r"), candidates=3, keep_top=5)
     user = ds.user_ids[0].item()
     want = [p.movie_id for p in full.for_user(user, k=5)]
     assert [p.movie_id for p in every.for_user(user, k=5)] == want

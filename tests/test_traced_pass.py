@@ -2,7 +2,6 @@
 the graph once a shape is traced, and eager again for a shape whose trace differs."""
 
 import logging
-from dataclasses import replace
 
 import numpy as np
 import torch
@@ -29,8 +28,8 @@ def _answers(rec, ranked):
 
 def test_traced_answers_equal_eager_ones_in_every_stack(bst_run):
     out, ds = bst_run
-    traced = Recommender(load_run(out), candidates=6, trace=True)
-    eager = Recommender(load_run(out), candidates=6, trace=False)
+    traced = Recommender(load_run(out), candidates=6, keep_top=4, trace=True)
+    eager = Recommender(load_run(out), candidates=6, keep_top=4, trace=False)
     assert traced.traced is not None and eager.traced is None
     for size in (1, 3, 8):
         for seed in range(3):  # the first stack of a size traces it, the rest use it
@@ -43,7 +42,7 @@ def test_traced_answers_equal_eager_ones_in_every_stack(bst_run):
 
 def test_a_traced_shape_runs_the_graph_not_the_python(bst_run, monkeypatch):
     out, ds = bst_run
-    rec = Recommender(load_run(out), candidates=6, trace=True)
+    rec = Recommender(load_run(out), candidates=6, keep_top=4, trace=True)
     rec.rank(_queries(rec, ds, 2))  # traces the 2-row shape
     calls = []
     real = rec.model.encode_history
@@ -56,8 +55,8 @@ def test_a_traced_shape_runs_the_graph_not_the_python(bst_run, monkeypatch):
 
 def test_a_trace_that_changes_the_bits_is_dropped_for_its_shape(bst_run, monkeypatch, caplog):
     out, ds = bst_run
-    rec = Recommender(load_run(out), candidates=6, trace=True)
-    eager = Recommender(load_run(out), candidates=6, trace=False)
+    rec = Recommender(load_run(out), candidates=6, keep_top=4, trace=True)
+    eager = Recommender(load_run(out), candidates=6, keep_top=4, trace=False)
     real_trace = torch.jit.trace
 
     def off_by_one_ulp(module, args, **kw):
@@ -79,23 +78,24 @@ def test_a_trace_that_changes_the_bits_is_dropped_for_its_shape(bst_run, monkeyp
     assert "changed the answers in the last bits" in caplog.text
 
 
-def test_warm_up_traces_every_stack_size_once_at_each_depth(bst_run):
-    from bstrec.recommend import STACK_MAX, WARM_DEPTHS
+def test_warm_up_traces_every_stack_size_once(bst_run):
+    from bstrec.recommend import STACK_MAX
 
-    out, _ = bst_run
+    out, ds = bst_run
     rec = Recommender(load_run(out), candidates=6, keep_top=12, trace=True)
     steps = 0
     while rec.warm_one():
         steps += 1
-    depths = {12, *WARM_DEPTHS}
-    assert steps == STACK_MAX * len(depths)
-    assert sorted(rec.traced.graphs) == sorted(
-        (rows, max(6, d), d) for d in depths for rows in range(1, STACK_MAX + 1)
-    )
+    assert steps == STACK_MAX
+    assert sorted(rec.traced.graphs) == [(rows, 12, 12) for rows in range(1, STACK_MAX + 1)]
     assert all(g is not None for g in rec.traced.graphs.values())
     assert not rec.warm_one()
-    # a typed history at the default k finds its shapes traced: no trace in its way
-    (q,) = _queries(rec, load_run(out).dataset, 1)
-    rec.rank([replace(q, depth=WARM_DEPTHS[0])])
-    assert len(rec.traced.graphs) == steps
-    assert not Recommender(load_run(out), candidates=6, trace=False).warm_one()
+    # a typed history for any k up to keep_top finds its shapes traced: no trace in its
+    # way, and its answer is the first k of those picks
+    for k in (1, 4, 12):
+        (q,) = _queries(rec, ds, 1)
+        q = rec.history_query([int(ds.item_ids[i]) for i in q.seen], k)
+        assert q.depth == 12
+        rec.rank([q])
+    assert len(rec.traced.graphs) == STACK_MAX
+    assert not Recommender(load_run(out), candidates=6, keep_top=4, trace=False).warm_one()

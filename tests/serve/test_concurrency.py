@@ -91,7 +91,9 @@ def _fresh(tiny_run, monkeypatch, candidates=0, **settings):
     from bstrec.serve.app import create_app
     from bstrec.serve.worker import WorkerSettings
 
-    rec = Recommender(load_run(tiny_run), candidates=candidates, trace=True)  # as served
+    # keep_top 20: picks to that depth leave every row of this 40-movie catalogue enough
+    # unseen movies for the stacked pass (with fewer, a row is explained apart)
+    rec = Recommender(load_run(tiny_run), candidates=candidates, keep_top=20, trace=True)
     counter = Counter(rec.model, monkeypatch)
     app = create_app(rec, WorkerSettings(**settings), say=lambda _line: None)
     return app, rec, counter

@@ -47,8 +47,8 @@ def quiet():
 @pytest.mark.parametrize("candidates", [0, 6])
 def test_answers_from_the_model_process_equal_those_ranked_here(bst_run, quiet, candidates):
     out, _ = bst_run
-    here = Recommender(load_run(out), candidates=candidates)
-    served = Recommender(load_run(out), candidates=candidates, trace=True)
+    here = Recommender(load_run(out), candidates=candidates, keep_top=4)
+    served = Recommender(load_run(out), candidates=candidates, keep_top=4, trace=True)
     qs = _history_queries(here, 24) + here.user_queries([3, 5, 7])
     want = [_plain(r) for q in qs for r in here.rank([q])]
     proc = ModelProcess(served, WorkerSettings(), say=quiet).start()
@@ -70,7 +70,7 @@ def test_answers_from_the_model_process_equal_those_ranked_here(bst_run, quiet, 
 
 def test_the_background_precompute_keeps_every_known_user_here(bst_run):
     out, ds = bst_run
-    served = Recommender(load_run(out), candidates=6, trace=True)
+    served = Recommender(load_run(out), candidates=6, keep_top=4, trace=True)
     said = []
     proc = ModelProcess(served, WorkerSettings(precompute=True), say=said.append).start()
     try:
@@ -84,14 +84,14 @@ def test_the_background_precompute_keeps_every_known_user_here(bst_run):
     assert p.enabled and p.complete and p.done == p.total == ds.n_users
     assert served.n_kept == ds.n_users
     assert any(line.startswith("precompute complete") for line in said)
-    here = Recommender(load_run(out), candidates=6)
+    here = Recommender(load_run(out), candidates=6, keep_top=4)
     for u in (0, ds.n_users // 2, ds.n_users - 1):
         assert _plain(served.cached(u, 1)) == _plain(here.rank(here.user_queries([u]))[0])
 
 
 def test_a_bad_query_fails_alone(bst_run, quiet):
     out, _ = bst_run
-    served = Recommender(load_run(out), candidates=6)
+    served = Recommender(load_run(out), candidates=6, keep_top=4)
     good = _history_queries(served, 2)
     bad = good[0].__class__(good[0].batch, np.array([10**9]), 4)  # a seen index past the catalogue
     proc = ModelProcess(served, WorkerSettings(), say=quiet).start()
@@ -107,7 +107,7 @@ def test_a_bad_query_fails_alone(bst_run, quiet):
 
 def test_when_the_model_process_dies_waiting_and_later_requests_fail(bst_run, quiet, caplog):
     out, _ = bst_run
-    served = Recommender(load_run(out), candidates=6)
+    served = Recommender(load_run(out), candidates=6, keep_top=4)
     proc = ModelProcess(served, WorkerSettings(), say=quiet).start()
     try:
         os.kill(proc.pid, signal.SIGSTOP)  # a query now waits in the pipe, unanswered

@@ -41,6 +41,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from bstrec.data.interactions import DataError
 from bstrec.recommend import STACK_MAX, Ranked, Recommender, UnknownIdError
 from bstrec.results import Movie, Recommendation, Watched
+from bstrec.serve import model_process
 from bstrec.serve.labels import choices, feature_label
 from bstrec.serve.model_process import ModelProcess
 from bstrec.serve.worker import ModelWorkers, WorkerSettings
@@ -448,7 +449,9 @@ def create_app(
         from bstrec.run_dir import load_run
 
         rec = Recommender(load_run(source))
-    if settings.process:
+    if settings.process and not model_process.available():
+        log.warning("this platform cannot fork: the model runs in the server's own process")
+    if settings.process and model_process.available():
         workers: ModelWorkers | ModelProcess = ModelProcess(rec, settings, say).start()
     else:
         workers = ModelWorkers(rec, settings, say).start()

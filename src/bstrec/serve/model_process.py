@@ -46,6 +46,11 @@ READY_TIMEOUT_S = 300  # the child's warm-up; past this, start() fails
 _FIELDS = [f.name for f in fields(Batch)]
 
 
+def available() -> bool:
+    """Whether this platform can fork (Linux, macOS; not Windows)."""
+    return "fork" in mp.get_all_start_methods()
+
+
 class ModelProcess:
     """``ModelWorkers``' interface (start, stop, submit, progress, stats), with the model
     threads in a forked child process."""
@@ -241,8 +246,13 @@ def _query_from_wire(wire: tuple) -> Query:
 # ---------------------------------------------------------------- the child
 def _child_main(rec: Recommender, settings: WorkerSettings, conn, parent_end) -> None:
     """The model process: ModelWorkers on the inherited Recommender, fed by the pipe."""
+    import gc
+
     import torch
 
+    # what the fork inherited stays shared with the app's process: a collection would
+    # write to every object's header, copying the pages that hold them
+    gc.freeze()
     parent_end.close()  # ours is `conn`; holding the app's end would hide its EOF
     torch.set_num_threads(settings.torch_threads)
     send_lock = threading.Lock()
