@@ -44,14 +44,17 @@ def quiet():
     return lambda _line: None
 
 
-@pytest.mark.parametrize("candidates", [0, 6])
-def test_answers_from_the_model_process_equal_those_ranked_here(bst_run, quiet, candidates):
+# one model thread: the child's only thread runs the turns; two: a reader feeds them
+@pytest.mark.parametrize("candidates, threads", [(0, 1), (6, 1), (6, 2)])
+def test_answers_from_the_model_process_equal_those_ranked_here(
+    bst_run, quiet, candidates, threads
+):
     out, _ = bst_run
     here = Recommender(load_run(out), candidates=candidates, keep_top=4)
     served = Recommender(load_run(out), candidates=candidates, keep_top=4, trace=True)
     qs = _history_queries(here, 24) + here.user_queries([3, 5, 7])
     want = [_plain(r) for q in qs for r in here.rank([q])]
-    proc = ModelProcess(served, WorkerSettings(), say=quiet).start()
+    proc = ModelProcess(served, WorkerSettings(threads=threads), say=quiet).start()
     try:
         assert proc.pid is not None and proc.pid != os.getpid()
         jobs = [proc.submit(q) for q in qs]  # all at once: they stack in the child

@@ -460,7 +460,11 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
         workers.start()  # already running, unless an earlier shutdown stopped them
+        if isinstance(workers, ModelProcess):
+            workers.attach(asyncio.get_running_loop())  # its answers read on this loop
         yield
+        if isinstance(workers, ModelProcess):
+            workers.detach()
         workers.stop()
 
     app = FastAPI(

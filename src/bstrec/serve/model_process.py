@@ -30,6 +30,7 @@ import logging
 import multiprocessing as mp
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import fields, replace
@@ -37,8 +38,8 @@ from dataclasses import fields, replace
 import numpy as np
 
 from bstrec.data.batches import Batch
-from bstrec.recommend import Query, Recommender
-from bstrec.serve.worker import Job, ModelWorkers, Progress, WorkerSettings
+from bstrec.recommend import STACK_MAX, Query, Recommender
+from bstrec.serve.worker import POLL_S, Job, ModelWorkers, Progress, WorkerSettings
 
 log = logging.getLogger("bstrec.serve")
 
@@ -76,6 +77,8 @@ class ModelProcess:
         self._proc: mp.process.BaseProcess | None = None
         self._conn = None
         self._receiver: threading.Thread | None = None
+        self._handover = threading.Event()  # the receiver thread leaves the pipe to a loop
+        self._loop = None  # the event loop reading the answers, once ``attach``ed
         self._ready = threading.Event()
         self._dead: str | None = None
         self._t0 = time.perf_counter()
@@ -97,6 +100,7 @@ class ModelProcess:
         )
         self._proc.start()
         there.close()  # the child's end: EOF here when the child exits
+        self._handover.clear()
         self._receiver = threading.Thread(
             target=self._receive, name="bstrec-model-answers", daemon=True
         )
@@ -109,10 +113,36 @@ class ModelProcess:
             raise RuntimeError(f"the model process failed to start: {self._dead}")
         return self
 
+    def attach(self, loop) -> None:
+        """Read the answers on ``loop``, the server's event loop (call it there), instead
+        of on a thread of our own: a thread would have to win the GIL from that busy
+        loop before each answer (one hand-over less per turn; under load and beside a
+        CPU-bound process, history p50 X against Y ms)."""
+        if self._proc is None or self._loop is not None:
+            return
+        self._handover.set()  # the receiver finishes the message in hand, then leaves
+        if self._receiver is not None:
+            self._receiver.join()
+            self._receiver = None
+        if self._dead is None:
+            self._loop = loop
+            loop.add_reader(self._conn.fileno(), self._drain)
+
+    def detach(self) -> None:
+        """Stop reading on the loop (call it on the loop, before ``stop``)."""
+        loop, self._loop = self._loop, None
+        if loop is not None:
+            loop.remove_reader(self._conn.fileno())
+
     def stop(self, timeout: float = 5.0) -> None:
         proc, self._proc = self._proc, None
         if proc is None:
             return
+        if self._loop is not None:
+            try:
+                self.detach()
+            except RuntimeError:  # its loop is closed: nothing reads there any more
+                self._loop = None
         try:
             with self._lock:
                 self._conn.send(("stop",))
@@ -124,6 +154,8 @@ class ModelProcess:
             proc.join(timeout)
         if self._receiver is not None:
             self._receiver.join(timeout)
+            self._receiver = None
+        self._fail_all("stopped")  # answers that did not come back (none, normally)
         self._conn.close()
 
     @property
@@ -164,18 +196,37 @@ class ModelProcess:
 
     # ---------------------------------------------------------------- answers
     def _receive(self) -> None:
+        """The answers, on a thread of our own, until ``attach`` hands the pipe over."""
         conn = self._conn
-        while True:
+        while not self._handover.is_set():
             try:
+                if not conn.poll(0.05):
+                    continue
                 msg = conn.recv()
             except (EOFError, OSError):
-                break
-            try:
-                self._handle(msg)
-            except Exception:  # a bug here must not leave requests waiting forever
-                log.exception("model process: could not handle a %r message", msg[0])
+                self._exited()
+                return
+            self._handle_safely(msg)
+
+    def _drain(self) -> None:
+        """The answers waiting in the pipe, on the attached event loop."""
+        conn = self._conn
+        try:
+            while conn.poll(0):
+                self._handle_safely(conn.recv())
+        except (EOFError, OSError):
+            self.detach()
+            self._exited()
+
+    def _exited(self) -> None:
         code = None if self._proc is None else self._proc.exitcode
         self._fail_all("exited" if code is None else f"exited (code {code})")
+
+    def _handle_safely(self, msg: tuple) -> None:
+        try:
+            self._handle(msg)
+        except Exception:  # a bug here must not leave requests waiting forever
+            log.exception("model process: could not handle a %r message", msg[0])
 
     def _handle(self, msg: tuple) -> None:
         kind = msg[0]
@@ -215,7 +266,8 @@ class ModelProcess:
 
     def _fail_all(self, why: str) -> None:
         with self._lock:
-            self._dead = why
+            if self._dead is None:
+                self._dead = why
             jobs, self._jobs = list(self._jobs.values()), {}
         self._ready.set()
         if self._proc is not None or jobs:  # not a stop(): say so
@@ -268,8 +320,9 @@ def _child_main(rec: Recommender, settings: WorkerSettings, conn, parent_end) ->
     # kept answers go to the app, which answers known users from them
     rec.on_kept = lambda kept: send(("kept", kept))
     workers = ModelWorkers(rec, settings, say=say)
+    inline = settings.threads == 1
     try:
-        workers.start()
+        workers.prepare() if inline else workers.start()
     except Exception as e:  # noqa: BLE001 - reported to the app, which fails start()
         send(("failed", repr(e)))
         return
@@ -287,22 +340,56 @@ def _child_main(rec: Recommender, settings: WorkerSettings, conn, parent_end) ->
 
         return done
 
-    while True:
-        try:
-            msg = conn.recv()
-        except (EOFError, OSError):  # the app is gone
-            break
-        if msg[0] == "stop":
-            break
+    def job(msg: tuple) -> Job | None:
         _, job_id, wire = msg
         try:
-            job = workers.submit(_query_from_wire(wire))
+            j = Job(_query_from_wire(wire))
         except Exception as e:  # noqa: BLE001 - the request fails, the server goes on
             send(("error", job_id, _picklable(e), workers.stats()))
-            continue
-        job.future.add_done_callback(answer(job_id, job))
+            return None
+        j.future.add_done_callback(answer(job_id, j))
+        return j
+
+    if inline:
+        _turns(workers, conn, job)
+    else:  # several model threads: this thread feeds their queue
+        while True:
+            try:
+                msg = conn.recv()
+            except (EOFError, OSError):  # the app is gone
+                break
+            if msg[0] == "stop":
+                break
+            j = job(msg)
+            if j is not None:
+                workers.requests.put(j)
     workers.stop()
     conn.close()
+
+
+def _turns(workers: ModelWorkers, conn, job: Callable[[tuple], Job | None]) -> None:
+    """One model thread's turns, on this process's only thread: everything that came down
+    the pipe (up to ``STACK_MAX``) in one turn, else the precompute's next stack. A reader
+    thread beside a model thread cost a thread wake-up and a GIL hand-over a turn."""
+    waiting: deque[Job] = deque()
+    idle = False  # no precompute work left: wait on the pipe
+    while True:
+        try:
+            timeout = POLL_S if idle and not waiting else 0
+            while conn.poll(timeout):
+                timeout = 0
+                msg = conn.recv()
+                if msg[0] == "stop":
+                    return
+                j = job(msg)
+                if j is not None:
+                    waiting.append(j)
+        except (EOFError, OSError):  # the app is gone
+            return
+        if waiting:
+            workers.serve([waiting.popleft() for _ in range(min(STACK_MAX, len(waiting)))])
+        elif not idle:
+            idle = not workers.precompute_one()
 
 
 def _picklable(error: BaseException) -> BaseException:

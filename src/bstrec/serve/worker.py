@@ -118,6 +118,15 @@ class ModelWorkers:
         if self._threads:
             return self
         self._stop.clear()
+        self.prepare()
+        for i in range(self.settings.threads):
+            t = threading.Thread(target=self._run, name=f"bstrec-model-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def prepare(self) -> None:
+        """Before the first request: the warm-up, and the precompute's first line."""
         # the traced passes are made before the first request, not in its way (~0.1 s a
         # stack size; Recommender.warm_one)
         t0, steps = time.perf_counter(), 0
@@ -137,11 +146,6 @@ class ModelWorkers:
                 f"precompute: ranking {self.progress.total:,} known users in the "
                 f"background, top {self.rec.keep_top} each; requests go first"
             )
-        for i in range(self.settings.threads):
-            t = threading.Thread(target=self._run, name=f"bstrec-model-{i}", daemon=True)
-            t.start()
-            self._threads.append(t)
-        return self
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
@@ -198,6 +202,21 @@ class ModelWorkers:
             if job is not None:  # None: stop() woke this thread
                 self._serve(self._more(job))
 
+    def serve(self, jobs: list[Job]) -> None:
+        """One turn for these jobs, on the caller's thread (what a model thread does with
+        what it took from the queue; serve/model_process.py runs its turns this way)."""
+        self._count(jobs)
+        self._serve(jobs)
+
+    def precompute_one(self) -> bool:
+        """The precompute's next stack, on the caller's thread; False when none is left."""
+        return self._precompute_one()
+
+    def _count(self, jobs: list[Job]) -> None:
+        self.largest_turn = max(self.largest_turn, len(jobs))  # statistics
+        self.turns += 1
+        self.served += len(jobs)
+
     def _more(self, job: Job) -> list[Job]:
         """``job`` and what else is waiting, up to STACK_MAX in all."""
         jobs = [job]
@@ -210,9 +229,7 @@ class ModelWorkers:
                 self.requests.put(None)
                 break
             jobs.append(nxt)
-        self.largest_turn = max(self.largest_turn, len(jobs))  # statistics
-        self.turns += 1
-        self.served += len(jobs)
+        self._count(jobs)
         return jobs
 
     def _serve(self, jobs: list[Job]) -> None:
