@@ -99,3 +99,38 @@ def test_warm_up_traces_every_stack_size_once(bst_run):
         rec.rank([q])
     assert len(rec.traced.graphs) == STACK_MAX
     assert not Recommender(load_run(out), candidates=6, keep_top=4, trace=False).warm_one()
+
+
+def test_the_pass_explains_each_pick_as_a_separate_explanation_would(bst_run, monkeypatch):
+    """The reasons' attention rows come from the ranking pass: each pick's must be its own
+    row (the same weights as ``explain``'s own attention pass, up to float rounding)."""
+    from bstrec.data.batches import Batch
+    from bstrec.traced_pass import serving_pass
+
+    out, ds = bst_run
+    rec = Recommender(load_run(out), candidates=6, keep_top=4)
+    # this dense tiny data set gives every pick co-occurrence pairs: take them away from
+    # the first three rows, whose reasons are then their attention rows
+    real = rec.model.wide.contributions
+
+    def fewer_pairs(hist_item, cands):
+        pairs = real(hist_item, cands)
+        pairs[:3] = 0
+        return pairs
+
+    monkeypatch.setattr(rec.model.wide, "contributions", fewer_pairs)
+    qs = _queries(rec, ds, 6, seed=3)
+    batch = Batch.stack([q.batch for q in qs])
+    seen = torch.zeros(len(qs), ds.n_items, dtype=torch.bool)
+    for i, q in enumerate(qs):
+        seen[i, torch.as_tensor(q.seen)] = True
+    with torch.inference_mode():
+        _, items, _, reason_items, reason_weights = serving_pass(rec.model, batch, seen, 6, 4, 3)
+        weights = rec.model.explain(batch, items + 1)  # (B, 4, L), a pass of its own
+        pairs = rec.model.wide.contributions(batch.hist_item, items + 1).sum(-1)
+    assert (pairs[:3] <= 0).all() and (pairs[3:] > 0).all()
+    top_w, top_pos = weights.topk(3, dim=-1)
+    tok = batch.hist_item.gather(1, top_pos.flatten(1)).view_as(top_pos)
+    valid = (tok > 0) & (top_w > 0)
+    assert torch.equal(reason_items, torch.where(valid, tok - 1, -1))
+    torch.testing.assert_close(reason_weights, torch.where(valid, top_w, 0.0))
