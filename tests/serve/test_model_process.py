@@ -171,3 +171,20 @@ def test_the_app_with_its_model_process_answers_as_one_process_does(tiny_run, qu
     assert got == want
     assert health["stacking"]["requests_served"] > 0
     assert health["precompute"]["enabled"]
+
+
+def test_where_there_is_no_model_process_the_server_runs_the_model_itself(
+    tiny_run, quiet, monkeypatch, caplog
+):
+    from bstrec.serve import model_process
+    from bstrec.serve.app import create_app
+    from bstrec.serve.worker import ModelWorkers
+
+    monkeypatch.setattr(model_process, "available", lambda: False)  # not Linux
+    app = create_app(Recommender(load_run(tiny_run)), WorkerSettings(process=True), say=quiet)
+    workers = app.state.service.workers
+    try:
+        assert type(workers) is ModelWorkers
+        assert "Linux-only" in caplog.text
+    finally:
+        workers.stop()

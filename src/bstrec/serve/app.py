@@ -450,7 +450,7 @@ def create_app(
 
         rec = Recommender(load_run(source))
     if settings.process and not model_process.available():
-        log.warning("this platform cannot fork: the model runs in the server's own process")
+        log.warning("the model process is Linux-only: the model runs in the server's process")
     if settings.process and model_process.available():
         workers: ModelWorkers | ModelProcess = ModelProcess(rec, settings, say).start()
     else:

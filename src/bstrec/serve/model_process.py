@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import sys
 import threading
 import time
 from collections import deque
@@ -52,8 +53,10 @@ _FIELDS = [f.name for f in fields(Batch)]
 
 
 def available() -> bool:
-    """Whether this platform can fork (Linux, macOS; not Windows)."""
-    return "fork" in mp.get_all_start_methods()
+    """Whether the model process is used here: Linux only. Windows cannot fork, and on
+    macOS a forked child that touches system frameworks may crash (why Python spawns
+    there by default); untested on both, they keep the one-process server."""
+    return sys.platform.startswith("linux") and "fork" in mp.get_all_start_methods()
 
 
 class ModelProcess:
