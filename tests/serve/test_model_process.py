@@ -173,6 +173,26 @@ def test_the_app_with_its_model_process_answers_as_one_process_does(tiny_run, qu
     assert health["precompute"]["enabled"]
 
 
+def test_once_the_model_process_is_gone_health_says_so(tiny_run, quiet):
+    from bstrec.serve.app import create_app
+
+    settings = WorkerSettings(process=True)
+    app = create_app(Recommender(load_run(tiny_run)), settings, say=quiet)
+    workers = app.state.service.workers
+    with running(app) as base:
+        assert httpx.get(base + "/health").status_code == 200
+        os.kill(workers.pid, signal.SIGKILL)
+        for _ in range(100):
+            if workers.failure is not None:
+                break
+            time.sleep(0.05)
+        health = httpx.get(base + "/health")
+        user = httpx.get(base + "/users/1/recommendations?now=2030-01-01T00:00:00Z")
+    assert health.status_code == 503
+    assert "model process exited" in health.json()["detail"]
+    assert user.status_code == 500  # a kept answer could still come, a new one cannot
+
+
 def test_where_there_is_no_model_process_the_server_runs_the_model_itself(
     tiny_run, quiet, monkeypatch, caplog
 ):

@@ -477,9 +477,18 @@ def create_app(
     app.state.service = svc
     _install_error_handlers(app)
 
-    @app.get("/health", response_model=Health, tags=["service"])
+    @app.get(
+        "/health",
+        response_model=Health,
+        responses={503: {"model": ErrorOut, "description": "the model process has exited"}},
+        tags=["service"],
+    )
     def health() -> dict:
-        """Which model and data set this server answers for."""
+        """Which model and data set this server answers for; a 503 once the model process
+        has exited (every recommendation would fail: restart the server)."""
+        failure = getattr(workers, "failure", None)
+        if failure is not None:
+            raise ApiError(503, f"the model process {failure}; restart the server")
         return svc.health()
 
     @app.get("/movies", response_model=MovieSearch, responses=ERRORS, tags=["movies"])

@@ -165,6 +165,12 @@ class ModelProcess:
         self._conn.close()
 
     @property
+    def failure(self) -> str | None:
+        """Why the model process is gone while the server runs ("exited (code -9)"), or
+        None while it serves (and before start, and after stop)."""
+        return self._dead if self._proc is not None else None
+
+    @property
     def pid(self) -> int | None:
         return None if self._proc is None else self._proc.pid
 
