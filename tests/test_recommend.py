@@ -232,3 +232,19 @@ def test_recommendations_retrieve_above_the_serving_threshold(bst_run, monkeypat
     monkeypatch.setattr(recommend_module, "SERVE_MIN_ITEMS", ds.n_items - 1)
     assert Recommender(run).candidates == DEFAULT_CANDIDATES
     assert Recommender(run, candidates=0).candidates == 0
+
+
+def test_a_recommender_that_does_not_store_kept_answers_still_counts_them(bst_run):
+    """The model process's Recommender: it sends kept answers to the server and keeps
+    only their count and size, so that the answers are not held twice."""
+    out, _ = bst_run
+    rec = Recommender(load_run(out), candidates=6, keep_top=4)
+    rec.store_kept = False
+    sent = []
+    rec.on_kept = sent.extend
+    rec.rank(rec.user_queries([1, 2]))
+    assert [u for u, _ in sent] == [1, 2]
+    assert rec.cached(1, 4) is None and rec.is_kept(1) and not rec.is_kept(3)
+    assert rec.n_kept == 2 and rec.kept_bytes() == sum(r.nbytes for _, r in sent)
+    rec.rank(rec.user_queries([1]))  # ranked again: counted once
+    assert rec.n_kept == 2

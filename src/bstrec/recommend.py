@@ -137,6 +137,9 @@ class Recommender:
         self.explain_top = explain_top
         self.keep_top = keep_top
         self._kept: dict[int, Ranked] = {}  # known user index -> top keep_top picks
+        self.store_kept = True  # off: count them only (``keep``)
+        self._ranked_only: set[int] = set()
+        self._ranked_only_bytes = 0
         # (queries, retrieved, ranked) -> whether a stack of that shape gives every query
         # its own answer bit for bit (checked on its first stack; see ``rank``)
         self.exact: dict[tuple[int, int, int], bool] = {}
@@ -441,8 +444,19 @@ class Recommender:
 
     # ---------------------------------------------------------------- known users
     def keep(self, u: int, ranked: Ranked) -> None:
-        """Keep known user ``u``'s default answer (ranked to ``keep_top``)."""
-        self._kept[u] = ranked  # one dict store: safe for readers
+        """Keep known user ``u``'s default answer (ranked to ``keep_top``). With
+        ``store_kept`` off, only that it was ranked, and its size: the model process
+        sends its answers to the server, which keeps them (serve/model_process.py), and
+        two copies would cost twice the memory (about 3 kB a user; 2 GB at ML-32M)."""
+        if self.store_kept:
+            self._kept[u] = ranked  # one dict store: safe for readers
+        elif u not in self._ranked_only:
+            self._ranked_only.add(u)
+            self._ranked_only_bytes += ranked.nbytes
+
+    def is_kept(self, u: int) -> bool:
+        """Whether known user ``u``'s default answer was ranked (and kept, or sent)."""
+        return u in self._kept or u in self._ranked_only
 
     def cached(self, u: int, k: int) -> Ranked | None:
         """A known user's kept answer, if computed and deep enough for k."""
@@ -451,10 +465,10 @@ class Recommender:
 
     @property
     def n_kept(self) -> int:
-        return len(self._kept)
+        return len(self._kept) + len(self._ranked_only)
 
     def kept_bytes(self) -> int:
-        return sum(r.nbytes for r in list(self._kept.values()))
+        return sum(r.nbytes for r in list(self._kept.values())) + self._ranked_only_bytes
 
     def precompute(
         self, users: list[int] | None = None, batch_size: int = 8, progress=None

@@ -329,8 +329,10 @@ def _child_main(rec: Recommender, settings: WorkerSettings, conn, parent_end) ->
         send(("progress", workers.progress))
         send(("say", line))
 
-    # kept answers go to the app, which answers known users from them
+    # kept answers go to the app, which answers known users from them and keeps them:
+    # here they are only counted
     rec.on_kept = lambda kept: send(("kept", kept))
+    rec.store_kept = False
     workers = ModelWorkers(rec, settings, say=say)
     inline = settings.threads == 1
     try:

@@ -260,7 +260,7 @@ class ModelWorkers:
                 return False
             users = []
             for u in self._plan:
-                if self.rec.cached(u, 1) is None:
+                if not self.rec.is_kept(u):
                     users.append(u)
                     if len(users) == STACK_MAX:
                         break
