@@ -134,3 +134,46 @@ def test_the_pass_explains_each_pick_as_a_separate_explanation_would(bst_run, mo
     valid = (tok > 0) & (top_w > 0)
     assert torch.equal(reason_items, torch.where(valid, tok - 1, -1))
     torch.testing.assert_close(reason_weights, torch.where(valid, top_w, 0.0))
+
+
+def test_a_sparse_co_occurrence_part_is_not_traced(bst_run, monkeypatch):
+    """Above DENSE_MAX_ITEMS movies the wide part gathers as many pairs as the history's
+    rows hold: a size that depends on the data, which a trace would fix."""
+    from bstrec.models import item_pairs
+
+    out, ds = bst_run
+    monkeypatch.setattr(item_pairs, "DENSE_MAX_ITEMS", ds.n_items - 1)
+    rec = Recommender(load_run(out), candidates=6, keep_top=4, trace=True)
+    assert rec.model.wide.counts.dense() is None
+    assert rec.traced is None
+    eager = Recommender(load_run(out), candidates=6, keep_top=4, trace=False)
+    qs = _queries(rec, ds, 3)
+    assert _answers(rec, rec.rank(qs)) == _answers(eager, eager.rank(qs))
+
+
+def test_a_graph_that_fails_on_a_later_input_gives_way_to_the_eager_pass(
+    bst_run, monkeypatch, caplog
+):
+    out, ds = bst_run
+    rec = Recommender(load_run(out), candidates=6, keep_top=4, trace=True)
+    eager = Recommender(load_run(out), candidates=6, keep_top=4, trace=False)
+    real_trace = torch.jit.trace
+
+    def first_input_only(module, args, **kw):
+        graph, calls = real_trace(module, args, **kw), []
+
+        def run(*a):
+            calls.append(1)
+            if len(calls) > 1:  # the exactness check was the first
+                raise RuntimeError("The size of tensor a (167) must match the size of tensor b")
+            return graph(*a)
+
+        return run
+
+    monkeypatch.setattr(torch.jit, "trace", first_input_only)
+    with caplog.at_level(logging.ERROR, logger="bstrec.traced_pass"):
+        for seed in range(3):
+            (q,) = _queries(rec, ds, 1, seed)
+            assert _answers(rec, rec.rank([q])) == _answers(eager, eager.rank([q]))
+    assert rec.traced.graphs == {(1, 6, 4): None}
+    assert "failed on an input its first one did not prepare it for" in caplog.text

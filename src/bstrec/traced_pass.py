@@ -87,8 +87,15 @@ class ServingPass(nn.Module):
 
 
 def traceable(model: nn.Module) -> bool:
-    """Models whose serving pass this module knows how to trace: BST with its tower."""
-    return getattr(model, "tower", None) is not None and hasattr(model, "encode_history")
+    """Models whose serving pass this module knows how to trace: BST with its tower, and
+    its co-occurrence part (if any) held dense. The sparse one (catalogues above
+    ``item_pairs.DENSE_MAX_ITEMS`` movies) gathers as many pairs as the history's rows
+    hold, a size that depends on the data, which a trace would fix to its first input's.
+    """
+    if getattr(model, "tower", None) is None or not hasattr(model, "encode_history"):
+        return False
+    wide = getattr(model, "wide", None)
+    return wide is None or wide.counts.dense() is not None
 
 
 class TracedPasses:
@@ -110,7 +117,17 @@ class TracedPasses:
                 if key not in self.graphs:  # another model thread may have just made it
                     return self._first(key, args)
         graph = self.graphs[key]
-        return graph(*args) if graph is not None else self._eager(key)(*args)
+        if graph is not None:
+            try:
+                return graph(*args)
+            except RuntimeError:  # a shape the trace fixed that this input does not have
+                log.exception(
+                    "the traced serving pass for %d rows, %d retrieved, top %d, failed on "
+                    "an input its first one did not prepare it for: that shape runs eagerly",
+                    *key,
+                )
+                self.graphs[key] = None
+        return self._eager(key)(*args)
 
     def _eager(self, key: tuple[int, int, int]) -> ServingPass:
         return ServingPass(self.model, key[1], key[2], self.explain_top)
