@@ -208,3 +208,18 @@ def test_where_there_is_no_model_process_the_server_runs_the_model_itself(
         assert "Linux-only" in caplog.text
     finally:
         workers.stop()
+
+
+def test_ctrl_c_is_the_server_s_to_handle_not_the_model_process_s(bst_run, quiet):
+    """Ctrl+C reaches the whole process group; the server shuts down and stops the model
+    process, which must not die first with a traceback of its own."""
+    out, _ = bst_run
+    served = Recommender(load_run(out), candidates=6, keep_top=4)
+    proc = ModelProcess(served, WorkerSettings(), say=quiet).start()
+    try:
+        os.kill(proc.pid, signal.SIGINT)
+        job = proc.submit(_history_queries(served, 1)[0])
+        assert job.future.result(timeout=60).items.shape == (4,)
+        assert proc.failure is None
+    finally:
+        proc.stop()

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import signal
 import sys
 import threading
 import time
@@ -317,6 +318,8 @@ def _child_main(rec: Recommender, settings: WorkerSettings, conn, parent_end) ->
     # what the fork inherited stays shared with the app's process: a collection would
     # write to every object's header, copying the pages that hold them
     gc.freeze()
+    # Ctrl+C reaches the whole process group: the server shuts down and stops us
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     parent_end.close()  # ours is `conn`; holding the app's end would hide its EOF
     torch.set_num_threads(settings.torch_threads)
     send_lock = threading.Lock()
