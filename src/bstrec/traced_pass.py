@@ -75,10 +75,10 @@ def serving_pass(
 
 def _AS_CHECKED():  # noqa: N802 - read as a constant: the graph as it was checked
     """Run a graph as traced, without the profiling executor's optimisation. That
-    executor profiles a graph's first two runs (20 to 50 ms each here, against 1 to 6
+    executor profiles a graph's first two runs (20 to 47 ms each here, against 1 to 6
     ms after) and then runs an optimised graph: one that was never checked against the
-    eager pass, and no faster on this pass (stacks of 1, 4 and 8: 1.2, 3.1-3.3 and
-    5.6-5.8 ms without it, 1.3, 3.1 and 6.1 ms with it)."""
+    eager pass, and no faster on this pass (stacks of 1, 4 and 8, idle: 1.1-1.3,
+    3.2-3.3 and 5.2-5.6 ms without it, 1.3, 3.3 and 5.3 ms with it)."""
     return torch.jit.optimized_execution(False)
 
 
