@@ -262,8 +262,10 @@ class Recommender:
         kernels for other shapes, so each stack shape is checked once, on its first
         stack: ranked together and one at a time, compared bit for bit (``exact``).
         A shape that changes any answer is ranked one query at a time from then on.
-        Kernels depend on shapes, not values, so one check stands for the shape; the
-        one value-dependent step, the reasons' attention pass, runs row by row
+        Kernels depend on shapes, not values, so one check stands for the shape. BST's
+        pass (``traced_pass.serving_pass``) has no step that depends on the values: a
+        pick's reasons read its attention row from the ranking pass itself. Elsewhere
+        (``_rank_stack_apart``) the reasons' attention pass runs row by row
         (``BST.explain``), and so do the per-user products whose kernel does change
         with the number of rows (``BST.exact_rows``, set here). Whole-catalogue
         queries are scored one at a time: a row is already a catalogue-sized product,
