@@ -64,6 +64,7 @@ def test_answers_from_the_model_process_equal_those_ranked_here(
         proc.stop()
     assert got == want
     assert stats["requests_served"] == len(qs)
+    assert proc.max_in_flight > 1  # the default budget holds many queries
     if candidates:
         assert stats["turns"] < len(qs), "queries that queued up shared a turn"
     # the known users' answers were kept, and sent back: the app answers them itself
@@ -223,3 +224,27 @@ def test_ctrl_c_is_the_server_s_to_handle_not_the_model_process_s(bst_run, quiet
         assert proc.failure is None
     finally:
         proc.stop()
+
+
+def test_queries_past_the_in_flight_budget_wait_here_and_go_as_answers_come(
+    bst_run, quiet, monkeypatch
+):
+    """A send into a full pipe would block the event loop, the reader of the answers:
+    the server keeps at most IN_FLIGHT_BYTES of unanswered queries in the pipe."""
+    from bstrec.serve import model_process
+
+    monkeypatch.setattr(model_process, "IN_FLIGHT_BYTES", 1)  # one query at a time
+    out, _ = bst_run
+    here = Recommender(load_run(out), candidates=6, keep_top=4)
+    served = Recommender(load_run(out), candidates=6, keep_top=4)
+    qs = _history_queries(here, 12, seed=5)
+    proc = ModelProcess(served, WorkerSettings(), say=quiet).start()
+    try:
+        jobs = [proc.submit(q) for q in qs]
+        got = [_plain(job.future.result(timeout=60)) for job in jobs]
+        stats = proc.stats()
+    finally:
+        proc.stop()
+    assert got == [_plain(here.rank([q])[0]) for q in qs]
+    assert proc.max_in_flight == 1
+    assert stats["turns"] == len(qs), "the child saw them one at a time"

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import pickle
 import signal
 import sys
 import threading
@@ -50,6 +51,10 @@ from bstrec.serve.worker import POLL_S, Job, ModelWorkers, Progress, WorkerSetti
 log = logging.getLogger("bstrec.serve")
 
 READY_TIMEOUT_S = 300  # the child's warm-up; past this, start() fails
+# queries sent and not answered yet, at most (``_send_backlog``): a typed history's is
+# about 0.6 kB, a known user's about 1 kB plus 8 bytes a rating; the pipe (a Unix
+# socket pair) buffers about 200 kB
+IN_FLIGHT_BYTES = 64 * 1024
 _FIELDS = [f.name for f in fields(Batch)]
 
 
@@ -75,6 +80,10 @@ class ModelProcess:
         self.say = say or log.info
         self._jobs: dict[int, Job] = {}
         self._next_id = 0
+        self._backlog: deque[tuple[int, bytes]] = deque()  # queries not sent yet
+        self._in_flight: dict[int, int] = {}  # sent, not answered: job id -> bytes
+        self._in_flight_bytes = 0
+        self.max_in_flight = 0  # the most queries in the pipe at once (a statistic)
         self._lock = threading.Lock()  # the job table, the pipe's sending end, the stats
         self._progress = Progress(
             enabled=settings.precompute, total=rec.ds.n_users if settings.precompute else 0
@@ -204,8 +213,28 @@ class ModelProcess:
             job_id = self._next_id
             self._next_id += 1
             self._jobs[job_id] = job
-            self._conn.send(("job", job_id, wire))
+            self._backlog.append((job_id, pickle.dumps(("job", job_id, wire), protocol=5)))
+            self._send_backlog()
         return job
+
+    def _send_backlog(self) -> None:
+        """Send waiting queries while the pipe holds at most ``IN_FLIGHT_BYTES`` of
+        queries not answered yet (one, whatever its size, when none is). Why: a send
+        into a full pipe would block the event loop, the one reader of the answers, and
+        the child, blocked in turn sending answers nobody reads, would never read the
+        pipe again. Below the budget, far under the pipe's buffer, a send never blocks
+        for longer than the child's turn. Call it holding the lock."""
+        while self._backlog:
+            job_id, msg = self._backlog[0]
+            if self._in_flight and self._in_flight_bytes + len(msg) > IN_FLIGHT_BYTES:
+                return
+            self._backlog.popleft()
+            if job_id not in self._jobs:  # failed meanwhile
+                continue
+            self._conn.send_bytes(msg)
+            self._in_flight[job_id] = len(msg)
+            self._in_flight_bytes += len(msg)
+            self.max_in_flight = max(self.max_in_flight, len(self._in_flight))  # a statistic
 
     # ---------------------------------------------------------------- answers
     def _receive(self) -> None:
@@ -275,6 +304,9 @@ class ModelProcess:
     def _finish(self, job_id: int, stats: dict) -> Job | None:
         with self._lock:
             self._stats = stats
+            self._in_flight_bytes -= self._in_flight.pop(job_id, 0)
+            if self._backlog and self._dead is None:
+                self._send_backlog()
             return self._jobs.pop(job_id, None)
 
     def _fail_all(self, why: str) -> None:
@@ -282,6 +314,9 @@ class ModelProcess:
             if self._dead is None:
                 self._dead = why
             jobs, self._jobs = list(self._jobs.values()), {}
+            self._backlog.clear()
+            self._in_flight.clear()
+            self._in_flight_bytes = 0
         self._ready.set()
         if self._proc is not None or jobs:  # not a stop(): say so
             log.error("the model process %s; %d waiting requests fail", why, len(jobs))
