@@ -114,3 +114,48 @@ def test_a_failing_warm_up_is_logged_and_serving_goes_on(caplog):
     finally:
         workers.stop()
     assert "warm-up failed after 0 stack sizes" in caplog.text
+
+
+class Slow(Stand):
+    """Ranks known users at ``per_user`` seconds each (a big catalogue's turns)."""
+
+    def __init__(self, n_users: int, per_user: float):
+        super().__init__()
+        self.ds = SimpleNamespace(n_users=n_users)
+        self.per_user = per_user
+        self.kept: set[int] = set()
+        self.turn_sizes: list[int] = []
+
+    def user_queries(self, users):
+        return list(users)
+
+    def is_kept(self, u):
+        return u in self.kept
+
+    @property
+    def n_kept(self):
+        return len(self.kept)
+
+    def kept_bytes(self):
+        return 0
+
+    def rank(self, users):
+        self.turn_sizes.append(len(users))
+        time.sleep(self.per_user * len(users))
+        self.kept.update(users)
+        return list(users)
+
+
+@pytest.mark.parametrize("per_user, most", [(0.0001, STACK_MAX), (0.004, 2)])
+def test_precompute_turns_are_sized_to_keep_a_request_s_wait_short(per_user, most):
+    from bstrec.serve.worker import PRECOMPUTE_TURN_S
+
+    rec = Slow(n_users=120, per_user=per_user)
+    workers = ModelWorkers(rec, WorkerSettings(precompute=True), say=lambda _line: None)
+    while workers.precompute_one():
+        pass
+    assert rec.kept == set(range(120))
+    assert rec.turn_sizes[0] == STACK_MAX  # it starts at a full stack
+    settled = rec.turn_sizes[5:-1]
+    assert max(settled) <= most
+    assert all(n * per_user <= 2 * PRECOMPUTE_TURN_S for n in settled)
