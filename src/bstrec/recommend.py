@@ -294,7 +294,7 @@ class Recommender:
     def warm_one(self) -> bool:
         """Trace the next stack size (1 to ``STACK_MAX`` rows) not traced yet, by ranking
         that many known users (their answers are kept); False when there is none. The
-        server runs these at start-up (``ModelWorkers.start``), so that no request
+        server runs these at start-up (``ModelWorkers.prepare``), so that no request
         waits for a trace (~0.1 s each). Every query to ``keep_top`` picks uses these
         shapes (``_depth``)."""
         if self.traced is None:

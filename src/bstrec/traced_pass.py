@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import threading
 import warnings
-from dataclasses import fields
 
 import torch
 from torch import nn
@@ -29,8 +28,6 @@ from bstrec.data.batches import Batch
 from bstrec.retrieval import retrieve, spread
 
 log = logging.getLogger(__name__)
-
-_FIELDS = [f.name for f in fields(Batch)]
 
 
 def serving_pass(
@@ -73,7 +70,7 @@ def serving_pass(
     )
 
 
-def _AS_CHECKED():  # noqa: N802 - read as a constant: the graph as it was checked
+def _as_checked():
     """Run a graph as traced, without the profiling executor's optimisation. That
     executor profiles a graph's first two runs (20 to 47 ms each here, against 1 to 6
     ms after) and then runs an optimised graph: one that was never checked against the
@@ -91,7 +88,7 @@ class ServingPass(nn.Module):
         self.retrieved, self.depth, self.explain_top = retrieved, depth, explain_top
 
     def forward(self, seen: torch.Tensor, *tensors: torch.Tensor):
-        batch = Batch(**dict(zip(_FIELDS, tensors, strict=True)))
+        batch = Batch.from_tensors(tensors)
         return serving_pass(self.model, batch, seen, self.retrieved, self.depth, self.explain_top)
 
 
@@ -119,7 +116,7 @@ class TracedPasses:
         self._tracing = threading.Lock()
 
     def run(self, batch: Batch, seen: torch.Tensor, retrieved: int, depth: int):
-        args = (seen, *[getattr(batch, n) for n in _FIELDS])
+        args = (seen, *batch.tensors())
         key = (len(batch), retrieved, depth)
         if key not in self.graphs:
             with self._tracing:
@@ -128,7 +125,7 @@ class TracedPasses:
         graph = self.graphs[key]
         if graph is not None:
             try:
-                with _AS_CHECKED():
+                with _as_checked():
                     return graph(*args)
             except RuntimeError:  # a shape the trace fixed that this input does not have
                 log.exception(
@@ -137,22 +134,19 @@ class TracedPasses:
                     *key,
                 )
                 self.graphs[key] = None
-        return self._eager(key)(*args)
-
-    def _eager(self, key: tuple[int, int, int]) -> ServingPass:
-        return ServingPass(self.model, key[1], key[2], self.explain_top)
+        return serving_pass(self.model, batch, seen, retrieved, depth, self.explain_top)
 
     def _first(self, key: tuple[int, int, int], args: tuple):
         """Trace this shape, keep the trace if it reproduces the eager pass exactly, and
         answer with the eager pass's own outputs either way."""
-        eager = self._eager(key)
+        eager = ServingPass(self.model, key[1], key[2], self.explain_top)
         want = eager(*args)
         try:
             with warnings.catch_warnings():
                 # the tracer warns about every shape it fixes: fixing them is the point
                 warnings.simplefilter("ignore")
                 graph = torch.jit.trace(eager, args, check_trace=False)
-            with _AS_CHECKED():
+            with _as_checked():
                 got = graph(*args)
             same = len(got) == len(want) and all(map(torch.equal, got, want))
         except Exception:  # a model the tracer cannot follow: eager, as before

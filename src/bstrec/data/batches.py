@@ -89,6 +89,15 @@ class Batch:
     def __len__(self) -> int:
         return self.user.shape[0]
 
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """The fields in order, as a flat tuple (what a trace or a pipe carries)."""
+        return tuple(getattr(self, name) for name in _BATCH_FIELDS)
+
+    @staticmethod
+    def from_tensors(tensors) -> Batch:
+        """The inverse of ``tensors``."""
+        return Batch(**dict(zip(_BATCH_FIELDS, tensors, strict=True)))
+
     def to(self, device) -> Batch:
         return Batch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
@@ -103,6 +112,9 @@ class Batch:
         return Batch(
             **{f.name: torch.cat([getattr(b, f.name) for b in batches]) for f in fields(Batch)}
         )
+
+
+_BATCH_FIELDS = tuple(f.name for f in fields(Batch))
 
 
 class SequenceStore:

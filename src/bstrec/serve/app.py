@@ -449,22 +449,19 @@ def create_app(
         from bstrec.run_dir import load_run
 
         rec = Recommender(load_run(source))
-    if settings.process and not model_process.available():
+    own_process = settings.process and model_process.available()
+    if settings.process and not own_process:
         log.warning("the model process is Linux-only: the model runs in the server's process")
-    if settings.process and model_process.available():
-        workers: ModelWorkers | ModelProcess = ModelProcess(rec, settings, say).start()
-    else:
-        workers = ModelWorkers(rec, settings, say).start()
+    kind = ModelProcess if own_process else ModelWorkers
+    workers: ModelWorkers | ModelProcess = kind(rec, settings, say).start()
     svc = Service(rec, workers)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
         workers.start()  # already running, unless an earlier shutdown stopped them
-        if isinstance(workers, ModelProcess):
-            workers.attach(asyncio.get_running_loop())  # its answers read on this loop
+        workers.attach(asyncio.get_running_loop())  # a model process's answers: read here
         yield
-        if isinstance(workers, ModelProcess):
-            workers.detach()
+        workers.detach()
         workers.stop()
 
     app = FastAPI(
@@ -486,9 +483,8 @@ def create_app(
     def health() -> dict:
         """Which model and data set this server answers for; a 503 once the model process
         has exited (every recommendation would fail: restart the server)."""
-        failure = getattr(workers, "failure", None)
-        if failure is not None:
-            raise ApiError(503, f"the model process {failure}; restart the server")
+        if workers.failure is not None:
+            raise ApiError(503, f"the model process {workers.failure}; restart the server")
         return svc.health()
 
     @app.get("/movies", response_model=MovieSearch, responses=ERRORS, tags=["movies"])

@@ -40,7 +40,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import fields, replace
+from dataclasses import replace
 
 import numpy as np
 
@@ -55,7 +55,6 @@ READY_TIMEOUT_S = 300  # the child's warm-up; past this, start() fails
 # about 0.6 kB, a known user's about 1 kB plus 8 bytes a rating; the pipe (a Unix
 # socket pair) buffers about 200 kB
 IN_FLIGHT_BYTES = 64 * 1024
-_FIELDS = [f.name for f in fields(Batch)]
 
 
 def available() -> bool:
@@ -88,9 +87,7 @@ class ModelProcess:
         self._progress = Progress(
             enabled=settings.precompute, total=rec.ds.n_users if settings.precompute else 0
         )
-        self._stats: dict[str, int] = dict.fromkeys(
-            ("shapes_checked", "shapes_exact", "stacked_answers", "turns", "requests_served"), 0
-        )
+        self._stats: dict[str, int] = {}  # the child's, from its "ready" on
         self._proc: mp.process.BaseProcess | None = None
         self._conn = None
         self._receiver: threading.Thread | None = None
@@ -327,7 +324,7 @@ class ModelProcess:
 def _query_wire(q: Query) -> tuple:
     """A Query as numpy arrays and plain values (torch tensors pickle slowly)."""
     return (
-        [getattr(q.batch, n).numpy() for n in _FIELDS],
+        [t.numpy() for t in q.batch.tensors()],
         np.asarray(q.seen),
         q.depth,
         q.user,
@@ -339,7 +336,7 @@ def _query_from_wire(wire: tuple) -> Query:
     import torch
 
     arrays, seen, depth, user, keep = wire
-    batch = Batch(**{n: torch.from_numpy(a) for n, a in zip(_FIELDS, arrays, strict=True)})
+    batch = Batch.from_tensors([torch.from_numpy(a) for a in arrays])
     return Query(batch, seen, depth, user, keep)
 
 
@@ -392,10 +389,10 @@ def _child_main(rec: Recommender, settings: WorkerSettings, conn, parent_end) ->
 
         return done
 
-    def job(msg: tuple) -> Job | None:
+    def job(msg: tuple, make: Callable[[Query], Job]) -> Job | None:
         _, job_id, wire = msg
         try:
-            j = Job(_query_from_wire(wire))
+            j = make(_query_from_wire(wire))
         except Exception as e:  # noqa: BLE001 - the request fails, the server goes on
             send(("error", job_id, _picklable(e), workers.stats()))
             return None
@@ -403,7 +400,7 @@ def _child_main(rec: Recommender, settings: WorkerSettings, conn, parent_end) ->
         return j
 
     if inline:
-        _turns(workers, conn, job)
+        _turns(workers, conn, lambda msg: job(msg, Job))
     else:  # several model threads: this thread feeds their queue
         while True:
             try:
@@ -412,9 +409,7 @@ def _child_main(rec: Recommender, settings: WorkerSettings, conn, parent_end) ->
                 break
             if msg[0] == "stop":
                 break
-            j = job(msg)
-            if j is not None:
-                workers.requests.put(j)
+            job(msg, workers.submit)
     workers.stop()
     conn.close()
 
@@ -445,8 +440,6 @@ def _turns(workers: ModelWorkers, conn, job: Callable[[tuple], Job | None]) -> N
 
 
 def _picklable(error: BaseException) -> BaseException:
-    import pickle
-
     try:
         pickle.loads(pickle.dumps(error))
         return error

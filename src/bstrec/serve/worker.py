@@ -159,6 +159,16 @@ class ModelWorkers:
             t.join(timeout)
         self._threads = []
 
+    # the model process's interface too (serve/model_process.py): here the answers come
+    # through the jobs' futures, from threads that do not die on their own
+    def attach(self, loop) -> None:
+        """Nothing to read on the server's event loop."""
+
+    def detach(self) -> None:
+        """Nothing to stop reading."""
+
+    failure: str | None = None  # why the model is gone (never, for threads)
+
     @property
     def progress(self) -> Progress:
         """Where the background precompute stands (a copy, taken under the lock)."""
@@ -197,29 +207,14 @@ class ModelWorkers:
             try:
                 job = self.requests.get_nowait()
             except queue.Empty:
-                if self._precompute_one():
+                if self.precompute_one():
                     continue
                 try:
                     job = self.requests.get(timeout=POLL_S)
                 except queue.Empty:
                     continue
             if job is not None:  # None: stop() woke this thread
-                self._serve(self._more(job))
-
-    def serve(self, jobs: list[Job]) -> None:
-        """One turn for these jobs, on the caller's thread (what a model thread does with
-        what it took from the queue; serve/model_process.py runs its turns this way)."""
-        self._count(jobs)
-        self._serve(jobs)
-
-    def precompute_one(self) -> bool:
-        """The precompute's next stack, on the caller's thread; False when none is left."""
-        return self._precompute_one()
-
-    def _count(self, jobs: list[Job]) -> None:
-        self.largest_turn = max(self.largest_turn, len(jobs))  # statistics
-        self.turns += 1
-        self.served += len(jobs)
+                self.serve(self._more(job))
 
     def _more(self, job: Job) -> list[Job]:
         """``job`` and what else is waiting, up to STACK_MAX in all."""
@@ -233,10 +228,14 @@ class ModelWorkers:
                 self.requests.put(None)
                 break
             jobs.append(nxt)
-        self._count(jobs)
         return jobs
 
-    def _serve(self, jobs: list[Job]) -> None:
+    def serve(self, jobs: list[Job]) -> None:
+        """One turn: rank these jobs together and answer each, on the caller's thread (a
+        model thread's, or the model process's: serve/model_process.py)."""
+        self.largest_turn = max(self.largest_turn, len(jobs))  # statistics
+        self.turns += 1
+        self.served += len(jobs)
         started = time.perf_counter()
         for job in jobs:
             job.started = started
@@ -257,8 +256,9 @@ class ModelWorkers:
             job.finished = time.perf_counter()
             job.future.set_result(ranked)
 
-    def _precompute_one(self) -> bool:
-        """Rank the next stack of known users not yet kept; False when there is none."""
+    def precompute_one(self) -> bool:
+        """Rank the next stack of known users not yet kept, on the caller's thread; False
+        when there is none."""
         with self._plan_lock:
             if self._plan is None:
                 return False
